@@ -1,0 +1,1 @@
+"""The GPU side of vlmq: engines, prompt encoding, actors. Never imports redis or orchestrator."""
