@@ -140,6 +140,22 @@ def run_demo(redis_url: str | None = None) -> int:
     return 0
 
 
+def describe_ids(item: EncodedPrompt) -> str:
+    """The prompt's IDs with each image's range shown as one word, so a prompt fits a line."""
+    range_at = {span.token_range.first: span.token_range for span in item.spans}
+    words = []
+    index = 0
+    while index < len(item.ids):
+        token_range = range_at.get(item.ids[index])
+        if token_range is None:
+            words.append(str(item.ids[index]))
+            index += 1
+        else:
+            words.append(f"[{token_range.first:,}..{token_range.end - 1:,}]")
+            index += token_range.length
+    return " ".join(words)
+
+
 def print_report(encoded: list[EncodedPrompt], keys: dict[str, ImageKey], seconds: float) -> None:
     print(f"vlmq demo: {len(encoded)} prompts, {len(keys)} distinct images")
     for name, key in keys.items():
@@ -150,6 +166,7 @@ def print_report(encoded: list[EncodedPrompt], keys: dict[str, ImageKey], second
             f"[{s.token_range.first:,}, {s.token_range.end:,})" for s in item.spans
         )
         print(f"prompt {number}: {len(item.ids)} IDs; image ranges {ranges}")
+    print(f"\nprompt 5 as IDs: {describe_ids(encoded[4])}")
     uses = sum(len(item.spans) for item in encoded)
     distinct = {s.token_range for item in encoded for s in item.spans}
     print()

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real redis-server per test and one local Ray cluster per session."""
+"""Shared fixtures: a real redis-server per test, one local Ray per session, tiny tokenizers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import ray
 
 from orchestrator.allocator_config import AllocatorConfig
 from orchestrator.private_redis import PrivateRedisServer
+from tests.tiny_model_dirs import FAMILIES, write_tiny_model_dir
+from worker.text_tokenizer import HFTextTokenizer
+from worker.tiny_tokenizer import TinyTokenizerFamily
 
 
 @pytest.fixture
@@ -39,3 +42,17 @@ def ray_cluster() -> Iterator[None]:
     ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def tiny_model_dir(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A model directory with a tiny tokenizer and config.json, once per family."""
+    family: TinyTokenizerFamily = request.param
+    return write_tiny_model_dir(tmp_path_factory.mktemp(family), family)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir: Path) -> HFTextTokenizer:
+    return HFTextTokenizer.from_model_dir(tiny_model_dir)

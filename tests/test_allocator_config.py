@@ -12,7 +12,7 @@ def test_defaults_use_exllamav2s_region_within_int32() -> None:
 
 
 def test_unknown_settings_are_an_error() -> None:
-    with pytest.raises(ValueError, match="unknown allocator settings: chunk_sise"):
+    with pytest.raises(ValueError, match=r"unknown allocator settings: chunk_sise$"):
         AllocatorConfig.from_mapping({"chunk_sise": 10})
     assert AllocatorConfig.from_mapping({"chunk_size": 10}).chunk_size == 10
 
@@ -22,5 +22,5 @@ def test_unknown_settings_are_an_error() -> None:
     [{"id_base": 10, "id_limit": 10}, {"lease_size": 0}, {"id_base": 0, "id_limit": 5}],
 )
 def test_inconsistent_settings_are_an_error(settings: dict[str, int]) -> None:
-    with pytest.raises(ValueError, match="id_base|must be positive|exceeds"):
+    with pytest.raises(ValueError, match=r"id_base|must be positive|exceeds"):
         AllocatorConfig.from_mapping(settings)

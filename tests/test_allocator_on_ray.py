@@ -19,11 +19,11 @@ import ray
 
 from orchestrator.allocator_config import AllocatorConfig
 from orchestrator.allocator_handle import get_or_start_allocator
+from orchestrator.private_redis import PrivateRedisServer
 from orchestrator.range_client import ActorRangeClient, LeasedRangeClient
 from orchestrator.token_range_allocator import AllocatorStats
-from orchestrator.private_redis import PrivateRedisServer
 from worker.epoch_gate import Admission, EpochGate
-from worker.errors import StaleEpochError
+from worker.errors import AllocatorStateUnavailableError, StaleEpochError
 from worker.token_range import TokenRange
 
 Handout = tuple[str, int, TokenRange]  # image key, length asked for, range received
@@ -183,3 +183,22 @@ def test_flushed_redis_opens_a_new_epoch_that_generators_enforce(
     assert gate.admit([new_ranges[0]]) is Admission.ADVANCED
     with pytest.raises(StaleEpochError, match=str(old_epoch)):
         gate.admit([before[2]])
+
+
+def test_unreachable_redis_reaches_the_client_as_a_typed_error(
+    redis_server: PrivateRedisServer, allocator_config: AllocatorConfig
+) -> None:
+    impatient = dataclasses.replace(allocator_config, chunk_size=256, redis_retry_seconds=0.5)
+    allocator = get_or_start_allocator(impatient)
+    try:
+        client = ActorRangeClient(allocator)
+        client.allocate_many([("a", 256)])  # uses up the first block
+        redis_server.stop()
+        with pytest.raises(AllocatorStateUnavailableError, match="no new token IDs"):
+            client.allocate_many([("b", 10)])
+        redis_server.start()
+        # The actor survived the error and goes on in the same epoch.
+        (after,) = client.allocate_many([("b", 10)])
+        assert after.epoch == stats_of(impatient).epoch
+    finally:
+        ray.kill(allocator, no_restart=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -11,8 +12,8 @@ import pytest
 
 from orchestrator.allocator_config import AllocatorConfig
 from orchestrator.id_ledger import EpochChange, IdLedger
-from orchestrator.redis_keys import RedisKeys
 from orchestrator.private_redis import PrivateRedisServer
+from orchestrator.redis_keys import RedisKeys
 from worker.errors import AllocatorStateUnavailableError
 
 
@@ -25,7 +26,7 @@ def test_reservations_are_contiguous_and_disjoint(allocator_config: AllocatorCon
     ledger = IdLedger(allocator_config)
     blocks = [ledger.reserve(n).block for n in (10, 1, 4096, 7)]
     assert blocks[0].first == allocator_config.id_base
-    for earlier, later in zip(blocks, blocks[1:], strict=False):
+    for earlier, later in itertools.pairwise(blocks):
         assert later.first == earlier.end
         assert later.epoch == earlier.epoch
 

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from orchestrator.allocator_config import AllocatorConfig
-from orchestrator.token_range_allocator import TokenRangeAllocator
 from orchestrator.private_redis import PrivateRedisServer
+from orchestrator.token_range_allocator import TokenRangeAllocator
 from worker.errors import InvalidAllocationError
 from worker.token_range import TokenRange
 
