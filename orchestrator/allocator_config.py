@@ -33,6 +33,9 @@ class AllocatorConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.chunk_size > self.id_span:
             raise ValueError(f"chunk_size {self.chunk_size} exceeds the region ({self.id_span})")
+        if self.lease_size > self.chunk_size:
+            # The actor carves a lease from one reserved chunk.
+            raise ValueError(f"lease_size {self.lease_size} exceeds chunk_size {self.chunk_size}")
 
     @property
     def id_span(self) -> int:

@@ -188,7 +188,9 @@ def test_flushed_redis_opens_a_new_epoch_that_generators_enforce(
 def test_unreachable_redis_reaches_the_client_as_a_typed_error(
     redis_server: PrivateRedisServer, allocator_config: AllocatorConfig
 ) -> None:
-    impatient = dataclasses.replace(allocator_config, chunk_size=256, redis_retry_seconds=0.5)
+    impatient = dataclasses.replace(
+        allocator_config, chunk_size=256, lease_size=256, redis_retry_seconds=0.5
+    )
     allocator = get_or_start_allocator(impatient)
     try:
         client = ActorRangeClient(allocator)

@@ -98,7 +98,7 @@ def test_rolled_back_mark_opens_a_new_epoch(
 
 def test_full_region_opens_a_new_epoch(allocator_config: AllocatorConfig) -> None:
     small = dataclasses.replace(
-        allocator_config, id_limit=allocator_config.id_base + 100, chunk_size=50
+        allocator_config, id_limit=allocator_config.id_base + 100, chunk_size=50, lease_size=50
     )
     ledger = IdLedger(small)
     blocks = [ledger.reserve(40) for _ in range(3)]

@@ -84,7 +84,8 @@ def test_first_registration_wins(allocator_config: AllocatorConfig) -> None:
 def test_registration_from_an_old_epoch_gets_a_current_range(
     redis_server: PrivateRedisServer, allocator_config: AllocatorConfig
 ) -> None:
-    allocator = TokenRangeAllocator(dataclasses.replace(allocator_config, chunk_size=100))
+    small = dataclasses.replace(allocator_config, chunk_size=100, lease_size=100)
+    allocator = TokenRangeAllocator(small)
     lease = allocator.lease(100)
     redis_server.client().flushall()
     allocator.lease(100)  # the next reservation finds the state gone and opens a new epoch
@@ -96,7 +97,8 @@ def test_registration_from_an_old_epoch_gets_a_current_range(
 def test_lost_state_forgets_ranges_of_the_old_epoch(
     redis_server: PrivateRedisServer, allocator_config: AllocatorConfig
 ) -> None:
-    allocator = TokenRangeAllocator(dataclasses.replace(allocator_config, chunk_size=100))
+    small = dataclasses.replace(allocator_config, chunk_size=100, lease_size=100)
+    allocator = TokenRangeAllocator(small)
     before = allocator.allocate_many([("img", 100)])[0]  # uses up the whole block
     redis_server.client().flushall()
     # Until it next reserves, the allocator cannot know; its old ranges are still valid then.
