@@ -96,6 +96,7 @@ class IdLedger:
         # later shows less, its state was rolled back and the epoch must move on.
         self.seen_epoch = 0
         self.seen_mark = 0
+        self._warned_about_persistence = False
 
     def reserve(self, num_ids: int) -> Reservation:
         if not 0 < num_ids <= self.config.id_span:
@@ -113,6 +114,15 @@ class IdLedger:
         if reason is not EpochChange.CONTINUED and self.seen_epoch:
             log.warning("token-ID epoch %d -> %d (%s)", self.seen_epoch, block.epoch, reason)
         self.seen_epoch, self.seen_mark = block.epoch, block.end
+        if not self._warned_about_persistence:
+            self._warned_about_persistence = True
+            if self.persists_writes() is False:
+                log.warning(
+                    "Redis at %s does not log every write (appendonly yes, appendfsync always): "
+                    "a Redis restart opens a new token-ID epoch, and generators drop cached "
+                    "image pages",
+                    self.config.redis_url,
+                )
         return Reservation(block=block, reason=reason)
 
     def persists_writes(self) -> bool | None:

@@ -7,15 +7,19 @@ import subprocess
 import sys
 
 
-def test_demo_runs_end_to_end() -> None:
+def run_vlmq(*args: str) -> subprocess.CompletedProcess[str]:
     # A process of its own: the demo starts and stops its own Ray and redis-server.
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "demo"],
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
         capture_output=True,
         text=True,
         timeout=240,
         check=False,
     )
+
+
+def test_demo_runs_end_to_end() -> None:
+    done = run_vlmq("demo")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "6 prompts, 3 distinct images" in done.stdout
     assert "image uses: 9, distinct token ranges: 3" in done.stdout
@@ -25,12 +29,6 @@ def test_demo_runs_end_to_end() -> None:
 
 
 def test_unknown_command_is_refused() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "frobnicate"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_vlmq("frobnicate")
     assert done.returncode == 2
     assert "invalid choice: 'frobnicate'" in done.stderr

@@ -170,3 +170,19 @@ def test_nonpositive_reservation_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match="cannot reserve"):
         IdLedger(allocator_config).reserve(num_ids)
+
+
+def test_volatile_redis_is_warned_about_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = PrivateRedisServer(tmp_path, persist_every_write=False)
+    server.start()
+    try:
+        ledger = IdLedger(AllocatorConfig(redis_url=server.url))
+        with caplog.at_level("WARNING", logger="orchestrator.id_ledger"):
+            ledger.reserve(10)
+            ledger.reserve(10)
+        warnings = [r for r in caplog.records if "does not log every write" in r.getMessage()]
+        assert len(warnings) == 1
+    finally:
+        server.stop()
