@@ -12,8 +12,10 @@ import ray
 from orchestrator.allocator_config import AllocatorConfig
 from orchestrator.private_redis import PrivateRedisServer
 from tests.tiny_model_dirs import FAMILIES, write_tiny_model_dir
+from tests.transformers_fixtures import tiny_vlm
 from worker.text_tokenizer import HFTextTokenizer
 from worker.tiny_tokenizer import TinyTokenizerFamily
+from worker.transformers_model import TransformersVlm
 
 
 @pytest.fixture
@@ -56,3 +58,11 @@ def tiny_model_dir(
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir: Path) -> HFTextTokenizer:
     return HFTextTokenizer.from_model_dir(tiny_model_dir)
+
+
+@pytest.fixture(scope="session", params=["pixtral", "qwen2-vl"])
+def vlm(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> TransformersVlm:
+    """A tiny random-weight VLM of each family, loaded by the transformers engine."""
+    return tiny_vlm(request.param, tmp_path_factory.getbasetemp())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import types
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,10 +57,11 @@ def exllamav2_embeddings(spans: Sequence[Span]) -> list[Any]:
             model=model,
             embeddings=torch.zeros(span.token_range.length, _HIDDEN_SIZE),
             text_alias=span.alias,
-            pre_tokens=len(span.pre_token_ids),
-            post_tokens=len(span.post_token_ids),
+            pre_tokens=span.row_layout.num_pre_tokens,
+            post_tokens=span.row_layout.num_post_tokens,
         )
-        # The real engine places embeddings at the allocator's ranges in the same way.
+        # Only the range matters to the tokenizer; the engine places its embeddings at the
+        # allocator's ranges without moving exllamav2's global counter (exllamav2_embeddings).
         embedding.first_index = span.token_range.first
         embeddings.append(embedding)
     return embeddings
@@ -75,3 +77,180 @@ def exllamav2_encode(
         embeddings=exllamav2_embeddings(spans),
     )
     return list(ids.tolist()[0])
+
+
+class ScriptedGenerator:
+    """A stand-in for `ExLlamaV2DynamicGenerator` at the engine's seam (`GeneratorSeam`).
+
+    It takes real `ExLlamaV2DynamicJob`s and runs them without a model: each completion is
+    scripted by request ID, and the result dicts carry the stages and keys of exllamav2 0.3.2's
+    `iterate()` (generator/dynamic.py: `iterate_start_jobs`, `prefill`, `receive_sample.emit`).
+    Its prefix cache reports the prompt tokens a job shares with any prompt prefilled since the
+    last page-table reset, as exllamav2's pages (hashed by token IDs) would reuse them.
+    """
+
+    page_size = 256
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        completions: dict[str, list[int]],
+        max_batch_size: int = 4,
+        max_seq_len: int = 4096,
+    ) -> None:
+        self.max_seq_len = max_seq_len
+        self.max_pages = max_seq_len // self.page_size
+        self.max_batch_size = max_batch_size
+        self.completions = completions
+        self.pieces = tokenizer.get_id_to_piece_list(False)
+        self.pending: list[Any] = []
+        self.active: list[Any] = []
+        self.jobs: list[Any] = []  # every job enqueued, in order
+        self.events: list[str] = []  # "start <id>", "finish <id>", "reset", in order
+        self.fail_next_iterate = False
+        self._prefilled: list[list[int]] = []
+        self._state: dict[int, dict[str, Any]] = {}
+        self._next_serial = 0
+
+    def enqueue(self, job: Any) -> int:
+        job.serial_number, self._next_serial = self._next_serial, self._next_serial + 1
+        job.time_enqueue = time.time()
+        self.pending.append(job)
+        self.jobs.append(job)
+        return int(job.serial_number)
+
+    def num_remaining_jobs(self) -> int:
+        return len(self.pending) + len(self.active)
+
+    def reset_page_table(self) -> None:
+        assert not self.num_remaining_jobs(), "a reset under running jobs corrupts their pages"
+        self._prefilled.clear()
+        self.events.append("reset")
+
+    def clear_queue(self) -> None:
+        self.pending.clear()
+        self.active.clear()
+
+    def iterate(self) -> list[dict[str, Any]]:
+        if self.fail_next_iterate:
+            self.fail_next_iterate = False
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        results: list[dict[str, Any]] = []
+        while self.pending and len(self.active) < self.max_batch_size:
+            job = self.pending.pop(0)
+            self.active.append(job)
+            self.events.append(f"start {job.identifier}")
+            results.append(self._result(job, "started"))
+        for job in self.active:
+            if job.serial_number not in self._state:
+                self._prefill(job, results)
+        for job in list(self.active):
+            self._sample(job, results)
+        return results
+
+    def _result(self, job: Any, stage: str, eos: bool = False) -> dict[str, Any]:
+        result = {"job": job, "stage": stage, "eos": eos, "serial": job.serial_number}
+        if job.identifier is not None:
+            result["identifier"] = job.identifier
+        return result
+
+    def _prefill(self, job: Any, results: list[dict[str, Any]]) -> None:
+        ids = job.sequences[0].input_ids.torch()[0].tolist()
+        cached = max((_common_prefix(ids[:-1], p) for p in self._prefilled), default=0)
+        self._prefilled.append(ids[:-1])
+        job.time_first_prefill = time.time()
+        self._state[job.serial_number] = {
+            "prompt": len(ids), "cached": cached, "new_tokens": 0, "full": "",
+            "held_text": "", "held_ids": [], "first_token_at": None,
+        }
+        result = self._result(job, "prefill")
+        result.update({"curr_progress": len(ids) - 1, "max_progress": len(ids) - 1})
+        results.append(result)
+
+    def _sample(self, job: Any, results: list[dict[str, Any]]) -> None:
+        state = self._state[job.serial_number]
+        state["first_token_at"] = state["first_token_at"] or time.time()
+        script = self.completions[job.identifier]
+        token = script[min(state["new_tokens"], len(script) - 1)]
+        state["new_tokens"] += 1
+        state["held_text"] += self.pieces[token]
+        state["held_ids"].append(token)
+        if token in job.stop_tokens:
+            held = {"token_ids": torch.tensor([state["held_ids"]])}
+            if state["held_text"]:
+                held["text"] = state["held_text"]
+            self._finish(job, results, {}, "stop_token", held=held, eos_token=token)
+            return
+        if state["new_tokens"] >= job.max_new_tokens:
+            self._finish(job, results, self._emit_held(state), "max_new_tokens")
+            return
+        text = state["held_text"]
+        found = [i for s in job.stop_strings if (i := text.find(s)) >= 0]
+        if found:
+            stop = text[min(found):]
+            state["held_text"] = text[: min(found)]
+            string = next(s for s in job.stop_strings if stop.startswith(s))
+            self._finish(job, results, self._emit_held(state), "stop_string", string=string)
+            return
+        if any(s.startswith(text[-k:]) for s in job.stop_strings for k in range(1, len(text) + 1)):
+            results.append(self._result(job, "streaming"))  # held back: may begin a stop string
+            return
+        result = self._result(job, "streaming")
+        result.update(self._emit_held(state))
+        results.append(result)
+
+    def _emit_held(self, state: dict[str, Any]) -> dict[str, Any]:
+        emitted: dict[str, Any] = {}
+        if state["held_text"]:
+            emitted["text"] = state["held_text"]
+            state["full"] += state["held_text"]
+        if state["held_ids"]:
+            emitted["token_ids"] = torch.tensor([state["held_ids"]])
+        state["held_text"], state["held_ids"] = "", []
+        return emitted
+
+    def _finish(
+        self,
+        job: Any,
+        results: list[dict[str, Any]],
+        emitted: dict[str, Any],
+        reason: str,
+        *,
+        held: dict[str, Any] | None = None,
+        eos_token: int | None = None,
+        string: str | None = None,
+    ) -> None:
+        state = self._state[job.serial_number]
+        now = time.time()
+        result = self._result(job, "streaming", eos=True)
+        result["eos_reason"] = reason
+        if eos_token is not None:
+            result["eos_triggering_token_id"] = eos_token
+            result["eos_triggering_token_str"] = self.pieces[eos_token]
+        if string is not None:
+            result["eos_triggering_string"] = string
+        result.update(emitted)
+        result.update({
+            "full_completion": state["full"],
+            "new_tokens": state["new_tokens"],
+            "prompt_tokens": state["prompt"],
+            "time_enqueued": job.time_first_prefill - job.time_enqueue,
+            "time_prefill": state["first_token_at"] - job.time_first_prefill,
+            "time_generate": now - state["first_token_at"],
+            "cached_pages": state["cached"] // self.page_size,
+            "cached_tokens": state["cached"],
+        })
+        if held:
+            result["held"] = held
+        results.append(result)
+        self.active.remove(job)
+        self.events.append(f"finish {job.identifier}")
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    count = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        count += 1
+    return count

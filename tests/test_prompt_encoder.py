@@ -13,7 +13,7 @@ import pytest
 from tests.tiny_model_dirs import write_tiny_model_dir
 from worker.errors import AliasWithoutSpanError, ConflictingSpansError, SpanWithoutAliasError
 from worker.prompt_encoder import PromptEncoder, alias_pattern, encode_prompt
-from worker.span import Span
+from worker.span import Span, SpanLayout
 from worker.text_tokenizer import HFTextTokenizer
 from worker.token_range import RESERVED_ID_BASE, TokenRange
 
@@ -22,11 +22,11 @@ def _span(
     alias: str,
     offset: int = 0,
     length: int = 3,
-    pre_token_ids: tuple[int, ...] = (),
-    post_token_ids: tuple[int, ...] = (),
+    text_rows: tuple[tuple[int, int], ...] | None = None,
 ) -> Span:
     token_range = TokenRange(epoch=0, first=RESERVED_ID_BASE + offset, length=length)
-    return Span(alias, token_range, pre_token_ids, post_token_ids)
+    layout = None if text_rows is None else SpanLayout(length, text_rows)
+    return Span(alias, token_range, layout)
 
 
 @dataclass
@@ -100,8 +100,8 @@ def test_span_without_alias_is_refused(tiny_tokenizer: HFTextTokenizer) -> None:
     [
         _span("<image>", offset=10),
         _span("<image>", length=4),
-        _span("<image>", pre_token_ids=(5,)),
-        _span("<image>", post_token_ids=(6,)),
+        _span("<image>", text_rows=((0, 5),)),
+        _span("<image>", text_rows=((2, 6),)),
     ],
 )
 def test_conflicting_spans_are_refused(tiny_tokenizer: HFTextTokenizer, other: Span) -> None:

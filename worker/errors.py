@@ -41,6 +41,14 @@ class InvalidSpanError(PromptEncodingError):
     """A span is malformed: empty alias, empty range, or more special rows than rows."""
 
 
+class InvalidRequestError(JobError):
+    """A generation request is malformed: bad sampling parameters, features that do not fit."""
+
+
+class PromptTooLongError(JobError):
+    """The encoded prompt plus the tokens asked for do not fit the model's context."""
+
+
 class AllocatorError(VlmqError):
     """The token-range allocator could not serve a request."""
 
@@ -58,3 +66,52 @@ class StaleEpochError(VlmqError):
 
     Its IDs may now name other images, so it must get fresh ranges and be tried again.
     """
+
+
+class EngineClosedError(VlmqError):
+    """The engine was closed before the request finished; it may be retried elsewhere."""
+
+
+class ImageError(JobError):
+    """An image of the job cannot be used; the message says why in words a user can act on."""
+
+
+class CorruptImageError(ImageError):
+    """The image data is truncated or damaged, so it cannot be decoded."""
+
+
+class UnsupportedImageFormatError(ImageError):
+    """The data is not in a format vlmq accepts (JPEG, PNG, WebP, GIF)."""
+
+    def __init__(self, detected_format: str, message: str) -> None:
+        super().__init__(message)
+        # What the leading bytes look like ("BMP", "SVG", "empty", "unknown"), for callers.
+        self.detected_format = detected_format
+
+
+class ImageTooLargeError(ImageError):
+    """The image exceeds a limit: encoded bytes, decoded pixels, or its longest side."""
+
+    def __init__(self, measure: str, value: int | None, limit: int) -> None:
+        if value is None:
+            # Pillow's own decompression-bomb guard refused the header before we saw the size.
+            detail = f"its header declares more {measure} than the limit of {limit:,}"
+        else:
+            detail = f"{value:,} {measure} is over the limit of {limit:,}"
+        super().__init__(f"image is too large: {detail}")
+        self.measure = measure  # "bytes", "pixels" or "pixels on its longest side"
+        self.value = value
+        self.limit = limit
+
+
+class UnsupportedImageShapeError(ImageError):
+    """The model cannot take an image of this shape (too small, or too extreme an aspect ratio)."""
+
+
+class TooManyImagesError(ImageError):
+    """A prompt carries more images than the limit allows."""
+
+    def __init__(self, num_images: int, limit: int) -> None:
+        super().__init__(f"the prompt has {num_images} images; at most {limit} are allowed")
+        self.num_images = num_images
+        self.limit = limit

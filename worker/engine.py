@@ -1,0 +1,40 @@
+"""The engine seam: what the rest of vlmq sees of a model, whichever library runs it.
+
+A vision engine turns an image into the rows its span needs; a language engine runs requests
+with dynamic batching and answers each with a future. Engines: `transformers` on the CPU
+(`worker/transformers_engine.py`), exllamav2 on the GPU (`worker/exllamav2_engine.py`).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from PIL import Image
+
+from worker.generation import GenerationRequest, GenerationResult
+from worker.span import SpanLayout
+
+
+@dataclass(frozen=True, slots=True)
+class ImageFeatures:
+    layout: SpanLayout
+    rows: torch.Tensor  # [layout.num_image_rows, hidden], float16, CPU: fit for the object store
+
+
+class VisionEngine(Protocol):
+    def layout_for(self, width: int, height: int) -> SpanLayout:
+        """The rows an image of this size will take, without running the tower."""
+
+    def embed(self, image: Image.Image) -> ImageFeatures:
+        """Run the vision tower and projector on one decoded RGB image."""
+
+
+class LanguageEngine(Protocol):
+    def submit(self, request: GenerationRequest) -> Future[GenerationResult]:
+        """Queue a request; it joins the running batch at the next step."""
+
+    def close(self) -> None:
+        """Finish nothing more; fail requests still queued or running."""
