@@ -86,7 +86,9 @@ class ScriptedGenerator:
     scripted by request ID, and the result dicts carry the stages and keys of exllamav2 0.3.2's
     `iterate()` (generator/dynamic.py: `iterate_start_jobs`, `prefill`, `receive_sample.emit`).
     Its prefix cache reports the prompt tokens a job shares with any prompt prefilled since the
-    last page-table reset, as exllamav2's pages (hashed by token IDs) would reuse them.
+    last page-table reset, as exllamav2's pages (hashed by token IDs) would reuse them; unpaged,
+    with the previous job's only, one job running at a time, as exllamav2 does without
+    flash-attn.
     """
 
     page_size = 256
@@ -97,10 +99,12 @@ class ScriptedGenerator:
         completions: dict[str, list[int]],
         max_batch_size: int = 4,
         max_seq_len: int = 4096,
+        paged: bool = True,
     ) -> None:
+        self.paged = paged
         self.max_seq_len = max_seq_len
         self.max_pages = max_seq_len // self.page_size
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = max_batch_size if paged else 1
         self.completions = completions
         self.pieces = tokenizer.get_id_to_piece_list(False)
         self.pending: list[Any] = []
@@ -156,7 +160,11 @@ class ScriptedGenerator:
 
     def _prefill(self, job: Any, results: list[dict[str, Any]]) -> None:
         ids = job.sequences[0].input_ids.torch()[0].tolist()
-        cached = max((_common_prefix(ids[:-1], p) for p in self._prefilled), default=0)
+        if self.paged:
+            cached = max((_common_prefix(ids[:-1], p) for p in self._prefilled), default=0)
+            cached = cached if cached > 1 else 0  # a partial page is copied only past 1 token
+        else:
+            cached = _common_prefix(ids[:-1], self._prefilled[-1]) if self._prefilled else 0
         self._prefilled.append(ids[:-1])
         job.time_first_prefill = time.time()
         self._state[job.serial_number] = {

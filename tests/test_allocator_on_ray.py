@@ -103,6 +103,18 @@ def collect(refs: list[Any]) -> tuple[set[int], list[Handout]]:
     return {pid for pid, _ in results}, [h for _, handouts in results for h in handouts]
 
 
+def wait_until_name_is_free(config: AllocatorConfig) -> None:
+    """Ray releases a killed actor's name a moment later; a new orchestrator starts after."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(config.actor_name, namespace=config.ray_namespace)
+        except ValueError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{config.actor_name} still registered 30 s after it was killed")
+
+
 def stats_of(config: AllocatorConfig) -> AllocatorStats:
     stats: AllocatorStats = ray.get(get_or_start_allocator(config).stats.remote())
     return stats
@@ -138,6 +150,7 @@ def test_restarted_orchestrator_continues_above_the_stored_mark(
 ) -> None:
     _, before = collect(run_workers(config, num_workers=2))
     ray.kill(get_or_start_allocator(config), no_restart=True)  # gone for good
+    wait_until_name_is_free(config)
     _, after = collect(run_workers(config, num_workers=2))  # a new actor, found by name
     assert assert_no_shared_ids(before + after) > 0
     highest_before = max(r.end for _, _, r in before)

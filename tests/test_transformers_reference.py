@@ -76,7 +76,7 @@ def our_logits(
 def reference_logits(
     vlm: TransformersVlm, ids: list[int], spans: list[Span], images_in_order: list[Image.Image]
 ) -> torch.Tensor:
-    input_ids = torch.tensor([placeholder_ids(ids, spans, vlm.image_tokens.image)])
+    input_ids = torch.tensor([placeholder_ids(ids, spans, vlm.image_token_id)])
     # Images at the size both engines use (see worker/visual_tokens.py); transformers' processor
     # keeps that size.
     prepared = [TransformersVision(vlm).prepare(image) for image in images_in_order]
@@ -86,7 +86,7 @@ def reference_logits(
         inputs["image_sizes"] = processed["image_sizes"]
     else:
         inputs["image_grid_thw"] = processed["image_grid_thw"]
-        inputs["mm_token_type_ids"] = (input_ids == vlm.image_tokens.image).int()
+        inputs["mm_token_type_ids"] = (input_ids == vlm.image_token_id).int()
     with torch.inference_mode():
         logits: torch.Tensor = vlm.model(**inputs).logits[0]
     return logits[:, : vlm.vocab_size]
@@ -162,4 +162,4 @@ def test_placeholder_ids_are_what_the_hf_processor_writes(
     _, ids, spans = our_logits(vlm, text, {"<image>": image}, full_precision=False)
     expanded = text.replace("<image>", hf_image_expansion(vlm, image))
     expected = TransformersStepModel(vlm).encoder.encode(expanded, [])
-    assert placeholder_ids(ids, spans, vlm.image_tokens.image) == expected
+    assert placeholder_ids(ids, spans, vlm.image_token_id) == expected

@@ -69,7 +69,7 @@ class TransformersStepModel:
         ids = self.encode(sequence)
         id_tensor = torch.tensor(ids, dtype=torch.long)
         embeds = inject(
-            id_tensor, request.spans, request.features, self.vlm.image_tokens.image,
+            id_tensor, request.spans, request.features, self.vlm.image_token_id,
             self.vlm.embed_tokens,
         )
         position_ids, rope_delta = self._prompt_positions(ids, request.spans)
@@ -140,7 +140,7 @@ class TransformersStepModel:
     ) -> tuple[torch.Tensor, int]:
         if self.vlm.family is not VlmFamily.QWEN2_VL or not spans:
             return torch.arange(len(ids))[None], 0
-        image_token = self.vlm.image_tokens.image
+        image_token = self.vlm.image_token_id
         token_ids = torch.tensor(placeholder_ids(ids, spans, image_token))
         # One grid per image occurrence, in prompt order: the same image twice is two images.
         grid_at = {span.token_range.first: span.row_layout.grid for span in spans}

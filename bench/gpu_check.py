@@ -1,0 +1,353 @@
+"""The exllamav2 engine on a real GPU, checked against the transformers engine on the same weights.
+
+Run through `scripts/gpu-check` (which sets the CUDA architecture and installs exllamav2). For
+each tiny model family it writes the model, loads it with exllamav2, embeds three images (one
+tower run each), generates a batch of requests that share images, and checks: layouts equal the
+transformers engine's; the tower's rows match transformers'; every request finishes; a repeated
+image reuses its placed embedding and hits exllamav2's prefix cache; a newer epoch drops the
+cached pages and refuses the older epoch; first-token logits match transformers' (fp16
+tolerance) and move when the image changes. Prints one table; exits 1 if any check failed.
+
+`--dry-run` does everything up to the first CUDA use: config, tokenizer, layouts, embeddings
+placed at their ranges, jobs; the CPU tests run it with exllamav2's pure-Python modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from PIL import Image
+
+from worker.errors import StaleEpochError
+from worker.exllamav2_embeddings import EmbeddingCache, request_embeddings
+from worker.exllamav2_jobs import make_job
+from worker.exllamav2_language import ExLlamaV2Language
+from worker.exllamav2_model import ExLlamaV2Settings, ExLlamaV2Vlm, load_exllamav2_vlm
+from worker.exllamav2_vision import ExLlamaV2Vision
+from worker.generation import GenerationRequest
+from worker.prompt_encoder import PromptEncoder
+from worker.sampling import SamplingParams
+from worker.sequence import Sequence
+from worker.span import Span
+from worker.tiny_model import TINY_MODEL_FAMILIES, TinyModelFamily, write_tiny_model
+from worker.token_range import RESERVED_ID_BASE, TokenRange
+from worker.transformers_language import TransformersStepModel
+from worker.transformers_model import TransformersVlm, load_transformers_vlm
+from worker.transformers_vision import TransformersVision
+
+# Sizes on which both engines' resize rules agree for both families; C is A's size, so it can
+# stand in for A to show that the logits depend on the image.
+IMAGES = {"A": (224, 224, 1), "B": (448, 224, 2), "C": (224, 224, 3)}
+# One image per request but the last; image first, so repeats share a prompt prefix.
+BATCH = ["A", "A", "B", "B", "C", "A", "C", "B", "AB"]
+SETTINGS = ExLlamaV2Settings(cache_tokens=8192, max_batch_size=8, embedding_cache_bytes=2**26)
+GREEDY = SamplingParams(max_new_tokens=8)
+LOGITS_TOLERANCE = 0.03  # max |difference| / max |reference|, fp16 against fp32
+ROWS_TOLERANCE = 0.03
+WAIT_S = 180.0
+
+
+@dataclass
+class Report:
+    rows: list[tuple[str, str, str, float, str]] = field(default_factory=list)
+
+    def run(self, family: str, name: str, check: Callable[[], str]) -> bool:
+        """Run one check; it returns a detail, or raises (AssertionError: the check failed)."""
+        started = time.perf_counter()
+        try:
+            detail, status = check(), "pass"
+        except Exception as error:
+            traceback.print_exc()  # the whole story (a compiler's output, say) goes to stderr
+            detail, status = f"{type(error).__name__}: {str(error)[:300]}", "FAIL"
+        self.rows.append((family, name, status, time.perf_counter() - started, detail))
+        return status == "pass"
+
+    @property
+    def ok(self) -> bool:
+        return all(status == "pass" for _, _, status, _, _ in self.rows)
+
+    def print(self) -> None:
+        print(f"\n{'family':9} {'check':34} {'result':6} {'s':>6}  detail")
+        for family, name, status, seconds, detail in self.rows:
+            print(f"{family:9} {name:34} {status:6} {seconds:6.1f}  {detail}")
+        print("\nall checks passed" if self.ok else "\nSOME CHECKS FAILED")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true", help="stop before the first CUDA use")
+    parser.add_argument("--work-dir", type=Path, help="where the tiny models go (default: temp)")
+    parser.add_argument(
+        "--families", nargs="+", choices=TINY_MODEL_FAMILIES, default=list(TINY_MODEL_FAMILIES)
+    )
+    args = parser.parse_args(argv)
+    work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="vlmq-gpu-check-"))
+    report = Report()
+    if args.dry_run or report.run("-", "exllamav2 extension", _import_extension):
+        for family in args.families:
+            try:
+                _check_family(family, work_dir / family, args.dry_run, report)
+            except Exception as error:  # outside any one check: the family's remaining ones
+                traceback.print_exc()
+                report.rows.append((family, "(stopped)", "FAIL", 0.0, repr(error)[:300]))
+    report.print()
+    return 0 if report.ok else 1
+
+
+def _import_extension() -> str:
+    assert torch.cuda.is_available(), "PyTorch sees no CUDA device"
+    import exllamav2  # the first import builds the CUDA extension for TORCH_CUDA_ARCH_LIST
+    from exllamav2 import attn
+
+    paged = "paged" if attn.has_flash_attn_with_paged else "unpaged (no flash-attn >= 2.5.7)"
+    return (
+        f"exllamav2 {exllamav2.__version__}, torch {torch.__version__}, "
+        f"{torch.cuda.get_device_name()}, {paged}"
+    )
+
+
+def _check_family(family: str, model_dir: Path, dry_run: bool, report: Report) -> None:
+    write_tiny_model(model_dir, cast(TinyModelFamily, family))
+    loaded: list[ExLlamaV2Vlm] = []
+    if not report.run(family, "load with exllamav2", lambda: _load(model_dir, dry_run, loaded)):
+        return
+    vlm = loaded[0]
+    reference = load_transformers_vlm(model_dir)
+    vision = ExLlamaV2Vision(vlm)
+    images = {name: _pattern(*spec) for name, spec in IMAGES.items()}
+    spans = _spans(vision, images, epoch=1)
+    expected_rows = {name: TransformersVision(reference).embed(image).rows
+                     for name, image in images.items()}
+    report.run(family, "layouts equal transformers'", lambda: _same_layouts(vision, reference))
+    if dry_run:
+        requests = _requests(family, spans, expected_rows)
+        report.run(family, "placed embeddings, jobs (dry run)", lambda: _build_jobs(vlm, requests))
+        return
+    rows: dict[str, torch.Tensor] = {}
+    report.run(family, "vision rows match transformers'",
+               lambda: _embed(vision, images, expected_rows, rows))
+    if len(rows) < len(images):
+        return
+    requests = _requests(family, spans, rows)
+    language = ExLlamaV2Language(vlm, SETTINGS)
+    try:
+        if report.run(family, "batch generation", lambda: _generate(language, requests)):
+            report.run(family, "repeated image reuses embedding", lambda: _reuse(language))
+            report.run(family, "repeated image hits prefix cache",
+                       lambda: _prefix_hits(language, requests))
+        report.run(family, "newer epoch drops cached pages", lambda: _epoch(language, requests[0]))
+    finally:
+        language.close()
+    report.run(family, "first-token logits vs transformers",
+               lambda: _logits(language, reference, requests, rows))
+
+
+def _load(model_dir: Path, dry_run: bool, loaded: list[ExLlamaV2Vlm]) -> str:
+    vlm = load_exllamav2_vlm(model_dir, SETTINGS, load_weights=not dry_run)
+    loaded.append(vlm)
+    where = "config and tokenizer only" if dry_run else "weights on the GPU"
+    return f"{vlm.config.architecture}, hidden size {vlm.hidden_size}, {where}"
+
+
+def _pattern(width: int, height: int, seed: int) -> Image.Image:
+    """An image with structure, so that different seeds embed differently."""
+    y, x = np.mgrid[0:height, 0:width]
+    channels = [(x * seed) % 256, (y * (seed + 3)) % 256, ((x + y) * 7 * seed) % 256]
+    return Image.fromarray(np.stack(channels, axis=-1).astype(np.uint8), "RGB")
+
+
+def _spans(vision: ExLlamaV2Vision, images: dict[str, Image.Image], epoch: int) -> dict[str, Span]:
+    """A range per image, carved as the allocator would: same image, same range."""
+    spans, first = {}, RESERVED_ID_BASE
+    for name, image in images.items():
+        layout = vision.layout_for(image.width, image.height)
+        spans[name] = Span(f"<img:{name}>", TokenRange(epoch, first, layout.num_rows), layout)
+        first += layout.num_rows
+    return spans
+
+
+def _requests(
+    family: str, spans: dict[str, Span], rows: dict[str, torch.Tensor]
+) -> list[GenerationRequest]:
+    requests = []
+    for index, names in enumerate(BATCH):
+        chosen = [spans[name] for name in names]
+        prompt = "".join(span.alias for span in chosen) + f" Question {index}: what is shown?"
+        requests.append(GenerationRequest(
+            request_id=f"{family}-{index}-{names}",
+            prompt=prompt,
+            spans=tuple(chosen),
+            features=tuple(rows[name].to(torch.float16) for name in names),
+            sampling=GREEDY,
+        ))
+    return requests
+
+
+def _same_layouts(vision: ExLlamaV2Vision, reference: TransformersVlm) -> str:
+    reference_vision = TransformersVision(reference)
+    for name, (width, height, _) in IMAGES.items():
+        ours, theirs = vision.layout_for(width, height), reference_vision.layout_for(width, height)
+        assert ours == theirs, f"image {name}: {ours} != {theirs}"
+    return ", ".join(f"{n}: {vision.layout_for(w, h).num_rows} rows"
+                     for n, (w, h, _) in IMAGES.items())
+
+
+def _build_jobs(vlm: ExLlamaV2Vlm, requests: list[GenerationRequest]) -> str:
+    from exllamav2.generator.dynamic_embeddings import global_allocator
+
+    counter = global_allocator.next_token_index
+    encoder, cache = PromptEncoder(vlm.text_tokenizer), EmbeddingCache(2**26)
+    num_tokens = 0
+    for request in requests:
+        ids = encoder.encode(request.prompt, request.spans)
+        embeddings = request_embeddings(
+            request.spans, request.features, vlm.model, vlm.embed_tokens, cache
+        )
+        theirs = vlm.tokenizer.encode(
+            request.prompt, add_bos=True, encode_special_tokens=True, embeddings=embeddings
+        )[0].tolist()
+        assert ids == theirs, f"{request.request_id}: our IDs differ from exllamav2's encode"
+        make_job(request, ids, embeddings, vlm.eos_token_ids)
+        num_tokens += len(ids)
+    assert global_allocator.next_token_index == counter, "exllamav2's global counter moved"
+    uses = sum(len(names) for names in BATCH)
+    assert (cache.num_misses, cache.num_hits) == (len(IMAGES), uses - len(IMAGES))
+    return f"{len(requests)} jobs, {num_tokens} prompt tokens, IDs equal exllamav2's encode"
+
+
+def _embed(
+    vision: ExLlamaV2Vision,
+    images: dict[str, Image.Image],
+    expected: dict[str, torch.Tensor],
+    rows: dict[str, torch.Tensor],
+) -> str:
+    worst = 0.0
+    for name, image in images.items():
+        features = vision.embed(image)
+        rows[name] = features.rows
+        worst = max(worst, _relative_error(features.rows, expected[name]))
+    assert worst <= ROWS_TOLERANCE, f"relative error {worst:.4f} > {ROWS_TOLERANCE}"
+    return f"max relative error {worst:.4f}"
+
+
+def _generate(language: ExLlamaV2Language, requests: list[GenerationRequest]) -> str:
+    started = time.perf_counter()
+    results = [f.result(WAIT_S) for f in [language.submit(r) for r in requests]]
+    seconds = time.perf_counter() - started
+    tokens = sum(r.num_completion_tokens for r in results)
+    assert all(r.num_completion_tokens or r.finish_reason == "eos" for r in results)
+    reasons = sorted({r.finish_reason.value for r in results})
+    return f"{len(results)} requests, {tokens} tokens in {seconds:.2f} s, finish: {reasons}"
+
+
+def _reuse(language: ExLlamaV2Language) -> str:
+    cache = language.embedding_cache
+    uses = sum(len(names) for names in BATCH)
+    placed = (cache.num_misses, cache.num_hits)
+    assert placed == (len(IMAGES), uses - len(IMAGES)), f"placed, reused: {placed}"
+    return f"{cache.num_misses} placed, {cache.num_hits} reused"
+
+
+def _prefix_hits(language: ExLlamaV2Language, requests: list[GenerationRequest]) -> str:
+    """Paged: every repeat of a first image hits. Unpaged (one page, one request at a time):
+    only a request whose predecessor began with the same image. A hit is more than the BOS,
+    which unpaged mode reuses from any predecessor."""
+    paged = getattr(language.generator, "paged", True)
+    cached = {f.result.request_id: f.num_cached_tokens for f in language.recent_finished()}
+    firsts = [names[0] for names in BATCH]
+    expected = [
+        first in (firsts[:index] if paged else firsts[max(index - 1, 0) : index])
+        for index, first in enumerate(firsts)
+    ]
+    hits = [cached[r.request_id] > 1 for r in requests]
+    assert hits == expected, f"cached tokens {[cached[r.request_id] for r in requests]}"
+    return f"{'paged' if paged else 'unpaged'}; cached tokens per request " + str(
+        [cached[r.request_id] for r in requests]
+    )
+
+
+def _epoch(language: ExLlamaV2Language, request: GenerationRequest) -> str:
+    resets = language.num_page_table_resets
+    again = language.submit(replace(request, request_id="again")).result(WAIT_S)
+    newer = replace(request, request_id="newer", spans=tuple(
+        replace(s, token_range=replace(s.token_range, epoch=2)) for s in request.spans
+    ))
+    language.submit(newer).result(WAIT_S)
+    cached = {f.result.request_id: f.num_cached_tokens for f in language.recent_finished()}
+    assert cached["again"] > 1, "the same prompt again did not hit the prefix cache"
+    assert cached["newer"] <= 1, f"newer epoch reused {cached['newer']} cached tokens"
+    assert language.num_page_table_resets == resets + 1
+    stale = language.submit(replace(request, request_id="stale"))
+    assert isinstance(stale.exception(WAIT_S), StaleEpochError), "older epoch was not refused"
+    return (
+        f"same epoch: {cached['again']} of {again.num_prompt_tokens} prompt tokens cached; "
+        f"newer epoch: {cached['newer']}"
+    )
+
+
+def _logits(
+    language: ExLlamaV2Language,
+    reference: TransformersVlm,
+    requests: list[GenerationRequest],
+    rows: dict[str, torch.Tensor],
+) -> str:
+    """Both engines fed the same image rows; then transformers fed C's rows where A's were."""
+    vocab = reference.vocab_size  # exllamav2 pads its logits beyond the tokenizer's vocabulary
+    one_token = SamplingParams(max_new_tokens=1)
+    details, ours_for_a = [], None
+    for request in (requests[0], requests[-1]):
+        probe = replace(request, sampling=one_token)
+        ours = _first_token_logits(language, probe)[:vocab]
+        error = _relative_error(ours, _reference_logits(reference, probe)[:vocab])
+        assert error <= LOGITS_TOLERANCE, f"{request.request_id}: relative error {error:.4f}"
+        details.append(f"{request.request_id} {error:.4f}")
+        ours_for_a = ours if ours_for_a is None else ours_for_a
+    assert ours_for_a is not None
+    image_c = replace(requests[0], features=(rows["C"],), sampling=one_token)
+    control = _relative_error(ours_for_a, _reference_logits(reference, image_c)[:vocab])
+    assert control > LOGITS_TOLERANCE, f"image C's logits are A's ({control:.4f})"
+    return "relative error " + ", ".join(details) + f"; transformers with image C: {control:.4f}"
+
+
+def _first_token_logits(language: ExLlamaV2Language, request: GenerationRequest) -> torch.Tensor:
+    """Driven from this thread: the engine is closed, its generator idle."""
+    ids, embeddings = language.prepare(request)
+    job = make_job(request, ids, embeddings, language.vlm.eos_token_ids, return_logits=True)
+    generator: Any = language.generator
+    generator.enqueue(job)
+    logits = None
+    while generator.num_remaining_jobs():
+        for result in generator.iterate():
+            if result["eos"]:  # the first token ended it: its logits were held back
+                logits = result.get("logits", result.get("held", {}).get("logits"))
+    assert isinstance(logits, torch.Tensor), "exllamav2 returned no logits"
+    return logits[0, 0].float()  # logits: [1, 1, padded vocab]
+
+
+def _reference_logits(reference: TransformersVlm, request: GenerationRequest) -> torch.Tensor:
+    model = TransformersStepModel(reference)
+    logits, _ = model.prompt_logits(Sequence(request, Future(), model.decode_text))
+    return logits[-1]
+
+
+def _relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    ours, theirs = ours.float(), theirs.float()
+    finite = torch.isfinite(theirs)
+    assert torch.equal(finite, torch.isfinite(ours)), "the two mask different entries"
+    scale = theirs[finite].abs().max().item()
+    return float((ours[finite] - theirs[finite]).abs().max().item() / max(scale, 1e-6))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
