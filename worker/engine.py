@@ -17,11 +17,32 @@ from PIL import Image
 from worker.generation import GenerationRequest, GenerationResult
 from worker.span import SpanLayout
 
+# How many ImageFeatures this process has received from another process (unpickled). The
+# orchestrator must move references only: its count stays zero, which the tests check.
+_num_features_received = 0
+
+
+def num_features_received() -> int:
+    return _num_features_received
+
+
+def _receive_features(layout: SpanLayout, rows: torch.Tensor) -> ImageFeatures:
+    global _num_features_received  # noqa: PLW0603 - a per-process counter is the point
+    _num_features_received += 1
+    return ImageFeatures(layout, rows)
+
 
 @dataclass(frozen=True, slots=True)
 class ImageFeatures:
     layout: SpanLayout
     rows: torch.Tensor  # [layout.num_image_rows, hidden], float16, CPU: fit for the object store
+
+    def __reduce__(self) -> tuple[object, tuple[SpanLayout, torch.Tensor]]:
+        return (_receive_features, (self.layout, self.rows))
+
+    @property
+    def num_bytes(self) -> int:
+        return self.rows.element_size() * self.rows.numel()
 
 
 class VisionEngine(Protocol):

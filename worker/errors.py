@@ -24,6 +24,10 @@ class PromptEncodingError(JobError):
         # The offending alias, so callers can point at it without parsing the message.
         self.alias = alias
 
+    def __reduce__(self) -> tuple[type[PromptEncodingError], tuple[str, str]]:
+        # Errors cross processes (Ray pickles them); rebuild with the constructor's arguments.
+        return (type(self), (self.alias, str(self)))
+
 
 class AliasWithoutSpanError(PromptEncodingError):
     """The prompt contains an image alias for which no span was given."""
@@ -88,6 +92,9 @@ class UnsupportedImageFormatError(ImageError):
         # What the leading bytes look like ("BMP", "SVG", "empty", "unknown"), for callers.
         self.detected_format = detected_format
 
+    def __reduce__(self) -> tuple[type[UnsupportedImageFormatError], tuple[str, str]]:
+        return (type(self), (self.detected_format, str(self)))
+
 
 class ImageTooLargeError(ImageError):
     """The image exceeds a limit: encoded bytes, decoded pixels, or its longest side."""
@@ -103,6 +110,9 @@ class ImageTooLargeError(ImageError):
         self.value = value
         self.limit = limit
 
+    def __reduce__(self) -> tuple[type[ImageTooLargeError], tuple[str, int | None, int]]:
+        return (type(self), (self.measure, self.value, self.limit))
+
 
 class UnsupportedImageShapeError(ImageError):
     """The model cannot take an image of this shape (too small, or too extreme an aspect ratio)."""
@@ -115,3 +125,6 @@ class TooManyImagesError(ImageError):
         super().__init__(f"the prompt has {num_images} images; at most {limit} are allowed")
         self.num_images = num_images
         self.limit = limit
+
+    def __reduce__(self) -> tuple[type[TooManyImagesError], tuple[int, int]]:
+        return (type(self), (self.num_images, self.limit))

@@ -1,0 +1,65 @@
+"""The vision actor: one vision engine on one GPU (or a fraction of one).
+
+A plain class; `ray.remote` wraps it where it is started (`orchestrator/actor_pool.py`). `embed`
+returns two objects (Ray `num_returns=2`): the ImageFeatures, which stay in the object store for
+a generator to read, and their row count, small enough for the caller to await: it tells the
+caller that the features are ready, or raises what went wrong, without moving the features.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from worker.actor_stats import ActorStats
+from worker.engine import ImageFeatures, num_features_received
+from worker.engine_config import EngineConfig, start_vision_engine
+from worker.fault_injection import FaultInjection
+
+
+@dataclass(frozen=True, slots=True)
+class VisionActorConfig:
+    name: str
+    engine: EngineConfig
+    faults: FaultInjection = field(default_factory=FaultInjection)
+
+
+class VisionActor:
+    def __init__(self, config: VisionActorConfig) -> None:
+        self.config = config
+        self._engine = start_vision_engine(config.engine)
+        self._num_active = 0
+        self._max_active = 0
+        self._num_completed = 0
+        self._num_failed = 0
+
+    def __repr__(self) -> str:
+        gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return f"VisionActor({self.config.name}, {self.config.engine.kind}, gpus={gpus})"
+
+    def embed(self, image: Image.Image) -> tuple[ImageFeatures, int]:
+        self._num_active += 1
+        self._max_active = max(self._max_active, self._num_active)
+        try:
+            features = self._engine.embed(image)
+        except Exception:
+            self._num_failed += 1
+            raise
+        finally:
+            self._num_active -= 1
+        self._num_completed += 1
+        return features, features.layout.num_image_rows
+
+    def stats(self) -> ActorStats:
+        return ActorStats(
+            name=self.config.name,
+            pid=os.getpid(),
+            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+            num_active=self._num_active,
+            max_active=self._max_active,
+            num_completed=self._num_completed,
+            num_failed=self._num_failed,
+            num_features_received=num_features_received(),
+        )
