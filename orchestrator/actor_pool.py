@@ -32,6 +32,9 @@ class PoolConfig:
     # GPU share per actor: 0.5 lets a vision and a generator actor share one GPU.
     gpus_per_vision_actor: float = 0.5
     gpus_per_generator_actor: float = 0.5
+    # Logical CPUs each actor holds while it lives. Ray's default of 1 would let a small
+    # cluster's actors starve the image tasks; the GPU share is what places an actor.
+    cpus_per_actor: float = 0.0
     name_prefix: str = "vlmq"
     ray_namespace: str = "vlmq"
     generator_faults: FaultInjection = field(default_factory=FaultInjection)
@@ -48,7 +51,12 @@ class ActorPool:
         self.config = config
         vision_class: Any = ray.remote(VisionActor)
         generator_class: Any = ray.remote(GeneratorActor)
-        common = {"namespace": config.ray_namespace, "max_restarts": -1, "max_task_retries": 0}
+        common = {
+            "namespace": config.ray_namespace,
+            "num_cpus": config.cpus_per_actor,
+            "max_restarts": -1,
+            "max_task_retries": 0,
+        }
         self.vision = [
             vision_class.options(
                 name=f"{config.name_prefix}-vision-{i}", num_gpus=config.gpus_per_vision_actor,
@@ -75,36 +83,39 @@ class ActorPool:
 
     def wait_until_ready(self, timeout_s: float) -> None:
         """Return once every actor answers; raise `ActorsNotReadyError` naming those that don't."""
-        probes = {actor.stats.remote(): actor for actor in self.actors}
+        probes = {
+            actor.stats.remote(): name
+            for actor, name in zip(self.actors, self._names(), strict=True)
+        }
         deadline = time.monotonic() + timeout_s
         pending = list(probes)
         while pending and time.monotonic() < deadline:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
         if pending:
-            raise ActorsNotReadyError(self._describe_waiting(len(pending), timeout_s))
+            waiting = [probes[probe] for probe in pending]
+            raise ActorsNotReadyError(self._describe_waiting(waiting, timeout_s))
         ray.get(list(probes))  # an actor whose constructor failed raises here
 
     def kill(self) -> None:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
 
-    def _describe_waiting(self, num_waiting: int, timeout_s: float) -> str:
-        from ray.util.state import list_actors
-
+    def _names(self) -> list[str]:
         prefix = self.config.name_prefix
-        waiting = [
-            str(actor.name)
-            for actor in list_actors(filters=[("state", "=", "PENDING_CREATION")], timeout=10)
-            if str(actor.name).startswith(prefix)
+        return [f"{prefix}-vision-{i}" for i in range(len(self.vision))] + [
+            f"{prefix}-generator-{i}" for i in range(len(self.generators))
         ]
+
+    def _describe_waiting(self, waiting: list[str], timeout_s: float) -> str:
         total = ray.cluster_resources().get("GPU", 0)  # type: ignore[no-untyped-call]
         free = ray.available_resources().get("GPU", 0)  # type: ignore[no-untyped-call]
         asked = (
             self.config.num_vision_actors * self.config.gpus_per_vision_actor
             + self.config.num_generator_actors * self.config.gpus_per_generator_actor
         )
+        # Not ready after the timeout: waiting for resources, or still loading its model.
         return (
-            f"{num_waiting} actors not ready after {timeout_s:.0f}s; waiting for resources: "
-            f"{', '.join(sorted(waiting)) or 'none reported'}. The pool asks for {asked:g} GPUs; "
-            f"the cluster has {total:g}, {free:g} free"
+            f"{len(waiting)} actors not ready after {timeout_s:.0f}s (waiting for resources "
+            f"or still starting): {', '.join(sorted(waiting))}. The pool asks for {asked:g} "
+            f"GPUs; the cluster has {total:g}, {free:g} free"
         )
