@@ -21,7 +21,9 @@ class PipelineConfig:
     max_attempts: int = 3  # per request, counting each actor that died under it
     feature_cache_bytes: int = 1 << 30  # references to features kept for reuse, by their size
     dedup_images: bool = True  # one vision call per image key; off only to measure its worth
-    cpus_per_image_task: float = 0.5  # decode/hash tasks
+    # Decode/hash tasks. A whole CPU each: with fractions Ray runs more workers than CPUs and
+    # ends the extra ones after a second idle, so the next batch waits for new processes.
+    cpus_per_image_task: float = 1.0
     ready_timeout_s: float = 120.0  # for every actor to start
 
     def __post_init__(self) -> None:
