@@ -11,6 +11,7 @@ import ray
 
 from orchestrator.allocator_config import AllocatorConfig
 from orchestrator.private_redis import PrivateRedisServer
+from tests.pipeline_fixtures import pipeline_model_dir
 from tests.tiny_model_dirs import FAMILIES, write_tiny_model_dir
 from tests.transformers_fixtures import tiny_vlm
 from worker.text_tokenizer import HFTextTokenizer
@@ -66,3 +67,9 @@ def vlm(
 ) -> TransformersVlm:
     """A tiny random-weight VLM of each family, loaded by the transformers engine."""
     return tiny_vlm(request.param, tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Pixtral model the pipeline tests run, written once per session."""
+    return pipeline_model_dir(tmp_path_factory.getbasetemp())

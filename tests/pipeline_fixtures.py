@@ -50,7 +50,7 @@ def jobs_sharing_images(
     return jobs
 
 
-def tiny_model_dir(base: Path) -> Path:
+def pipeline_model_dir(base: Path) -> Path:
     model_dir = base / "pipeline-tiny-pixtral"
     if not (model_dir / "config.json").exists():
         write_tiny_model(model_dir, "pixtral")

@@ -16,7 +16,6 @@ from tests.pipeline_fixtures import (
     outcomes_by_id,
     png,
     running_pipeline,
-    tiny_model_dir,
 )
 from worker.actor_stats import ActorStats
 from worker.engine import num_features_received
@@ -24,11 +23,6 @@ from worker.generation import FinishReason
 from worker.sampling import SamplingParams
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-
-
-@pytest.fixture
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_model_dir(tmp_path_factory.getbasetemp())
 
 
 def generator_stats(pipeline: object) -> list[ActorStats]:

@@ -27,17 +27,11 @@ from tests.pipeline_fixtures import (
     outcomes_by_id,
     png,
     running_pipeline,
-    tiny_model_dir,
 )
 from worker.fault_injection import FaultInjection
 from worker.sampling import SamplingParams
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-
-
-@pytest.fixture
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_model_dir(tmp_path_factory.getbasetemp())
 
 
 def pid_of(actor: Any) -> int:

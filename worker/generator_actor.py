@@ -12,8 +12,8 @@ import asyncio
 import os
 from dataclasses import dataclass, field
 
-from worker.actor_stats import ActorStats
-from worker.engine import ImageFeatures, num_features_received
+from worker.actor_stats import ActorCounters, ActorStats
+from worker.engine import ImageFeatures
 from worker.engine_config import EngineConfig, start_language_engine
 from worker.fault_injection import FaultInjection
 from worker.generation import GenerationRequest, GenerationResult
@@ -43,10 +43,7 @@ class GeneratorActor:
     def __init__(self, config: GeneratorActorConfig) -> None:
         self.config = config
         self._engine = start_language_engine(config.engine)
-        self._num_active = 0
-        self._max_active = 0
-        self._num_completed = 0
-        self._num_failed = 0
+        self._counters = ActorCounters(config.name)
 
     def __repr__(self) -> str:
         gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -55,9 +52,7 @@ class GeneratorActor:
     async def generate(self, call: GenerationCall, *features: ImageFeatures) -> GenerationResult:
         """Generate one request; `features` are the images of `call.spans`, in order."""
         self.config.faults.before_request(call.prompt)
-        self._num_active += 1
-        self._max_active = max(self._max_active, self._num_active)
-        try:
+        with self._counters.track():
             request = GenerationRequest(
                 request_id=call.request_id,
                 prompt=call.prompt,
@@ -66,23 +61,7 @@ class GeneratorActor:
                 sampling=call.sampling,
                 add_bos=call.add_bos,
             )
-            result = await asyncio.wrap_future(self._engine.submit(request))
-        except Exception:
-            self._num_failed += 1
-            raise
-        finally:
-            self._num_active -= 1
-        self._num_completed += 1
-        return result
+            return await asyncio.wrap_future(self._engine.submit(request))
 
     def stats(self) -> ActorStats:
-        return ActorStats(
-            name=self.config.name,
-            pid=os.getpid(),
-            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
-            num_active=self._num_active,
-            max_active=self._max_active,
-            num_completed=self._num_completed,
-            num_failed=self._num_failed,
-            num_features_received=num_features_received(),
-        )
+        return self._counters.stats()

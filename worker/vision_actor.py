@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from worker.actor_stats import ActorStats
-from worker.engine import ImageFeatures, num_features_received
+from worker.actor_stats import ActorCounters, ActorStats
+from worker.engine import ImageFeatures
 from worker.engine_config import EngineConfig, start_vision_engine
 from worker.fault_injection import FaultInjection
 
@@ -30,36 +30,16 @@ class VisionActor:
     def __init__(self, config: VisionActorConfig) -> None:
         self.config = config
         self._engine = start_vision_engine(config.engine)
-        self._num_active = 0
-        self._max_active = 0
-        self._num_completed = 0
-        self._num_failed = 0
+        self._counters = ActorCounters(config.name)
 
     def __repr__(self) -> str:
         gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
         return f"VisionActor({self.config.name}, {self.config.engine.kind}, gpus={gpus})"
 
     def embed(self, image: Image.Image) -> tuple[ImageFeatures, int]:
-        self._num_active += 1
-        self._max_active = max(self._max_active, self._num_active)
-        try:
+        with self._counters.track():
             features = self._engine.embed(image)
-        except Exception:
-            self._num_failed += 1
-            raise
-        finally:
-            self._num_active -= 1
-        self._num_completed += 1
         return features, features.layout.num_image_rows
 
     def stats(self) -> ActorStats:
-        return ActorStats(
-            name=self.config.name,
-            pid=os.getpid(),
-            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
-            num_active=self._num_active,
-            max_active=self._max_active,
-            num_completed=self._num_completed,
-            num_failed=self._num_failed,
-            num_features_received=num_features_received(),
-        )
+        return self._counters.stats()
