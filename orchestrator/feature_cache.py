@@ -18,6 +18,7 @@ class FeatureEntry:
     features: Any  # ObjectRef[ImageFeatures], for generators
     num_rows: Any  # ObjectRef[int]: awaited to learn that the features exist, or why not
     num_bytes: int  # of the features, known from the layout before they exist
+    vision_index: int  # the vision actor computing them
 
 
 class FeatureCache:
@@ -36,6 +37,10 @@ class FeatureCache:
         self.num_hits += 1
         self._entries.move_to_end(key)
         return entry
+
+    def peek(self, key: ImageKey) -> FeatureEntry | None:
+        """The entry, without counting a hit or refreshing it."""
+        return self._entries.get(key)
 
     def put(self, key: ImageKey, entry: FeatureEntry) -> None:
         self.drop(key)

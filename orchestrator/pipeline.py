@@ -18,7 +18,7 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,7 @@ from orchestrator.job import IMAGE_PLACEHOLDER, JobFailure, JobOutcome, JobReque
 from orchestrator.pipeline_config import PipelineConfig
 from orchestrator.range_client import LeasedRangeClient
 from orchestrator.router import Router
+from orchestrator.vision_balancer import VisionBalancer
 from worker.errors import InvalidRequestError, JobError, VlmqError
 from worker.generation import GenerationResult
 from worker.generator_actor import GenerationCall
@@ -94,9 +95,12 @@ class Pipeline:
             num_returns=2, num_cpus=config.cpus_per_image_task
         )
         self._pool: ActorPool | None = None
+        # (id of the pool's actor list, index) of every actor being waited for after it died.
+        self._coming_up: set[tuple[int, int]] = set()
+        self._probes: set[asyncio.Task[None]] = set()  # kept, so they are not collected
         self._ranges: LeasedRangeClient | None = None
         self._router: Router | None = None
-        self._vision_in_flight: list[int] = []
+        self._vision: VisionBalancer | None = None
         # The range client makes blocking calls; one thread makes them all, in order.
         self._allocation_thread = ThreadPoolExecutor(1, thread_name_prefix="vlmq-allocation")
         self._loop = asyncio.new_event_loop()
@@ -119,10 +123,11 @@ class Pipeline:
         allocator = get_or_start_allocator(self.config.allocator)
         self._ranges = LeasedRangeClient(allocator, self.config.allocator)
         self._pool = ActorPool(self.config.pool, self.config.engine)
-        self._vision_in_flight = [0] * len(self._pool.vision)
         self._pool.wait_until_ready(self.config.ready_timeout_s)
         self._loop_thread.start()
-        self._router = asyncio.run_coroutine_threadsafe(self._make_router(), self._loop).result()
+        self._router, self._vision = asyncio.run_coroutine_threadsafe(
+            self._make_balancers(), self._loop
+        ).result()
 
     def run(self, jobs: Iterable[JobRequest]) -> Iterator[JobOutcome]:
         """Outcomes in the order jobs finish, one per job."""
@@ -140,12 +145,14 @@ class Pipeline:
             self._loop_thread.join()
         self._allocation_thread.shutdown()
 
-    async def _make_router(self) -> Router:
-        return Router(
+    async def _make_balancers(self) -> tuple[Router, VisionBalancer]:
+        # Made on the loop's thread: their asyncio primitives belong to that loop.
+        router = Router(
             len(self.pool.generators),
             self.config.max_in_flight_per_generator,
             self.config.affinity_slack,
         )
+        return router, VisionBalancer(len(self.pool.vision))
 
     async def _run_all(
         self, jobs: Iterable[JobRequest], outcomes: queue.Queue[JobOutcome | None]
@@ -247,37 +254,45 @@ class Pipeline:
         for _ in range(self.config.max_attempts):
             entry = self._features.get(image.key) if self.config.dedup_images else None
             if entry is None:
-                entry = self._embed(image)
+                entry = await self._embed(image)
             else:
                 self.progress.feature_reuses += 1
             try:
                 await entry.num_rows  # ready, or raises why not; the features stay put
                 return entry
             except RayActorError:
-                self._features.drop(image.key)  # its actor died: compute it again
-                self.progress.retries += 1
+                # Its actor died: route around it until it is back, and embed the image again.
+                if self._features.peek(image.key) is entry:
+                    self._features.drop(image.key)
+                    self.progress.retries += 1
+                await self._take_down(self.pool.vision, entry.vision_index, self._vision_set_up)
         raise RequestGaveUpError(f"the vision actors died on image {image.key.digest[:16]}")
 
-    def _embed(self, image: _Image) -> FeatureEntry:
-        index = min(range(len(self._vision_in_flight)), key=self._vision_in_flight.__getitem__)
-        self._vision_in_flight[index] += 1
+    async def _embed(self, image: _Image) -> FeatureEntry:
+        assert self._vision is not None
+        index = await self._vision.acquire()
         features, num_rows = self.pool.vision[index].embed.options(num_returns=2).remote(
             image.pixels
         )
-        num_rows.future().add_done_callback(lambda _: self._vision_done(index))
+        loop = asyncio.get_running_loop()
+        num_rows.future().add_done_callback(
+            lambda _: asyncio.run_coroutine_threadsafe(self._release_vision(index), loop)
+        )
         entry = FeatureEntry(
-            features, num_rows, image.layout.num_image_rows * self._hidden_size * 2
+            features, num_rows, image.layout.num_image_rows * self._hidden_size * 2, index
         )
         self.progress.vision_calls += 1
         if self.config.dedup_images:
             self._features.put(image.key, entry)
         return entry
 
-    def _vision_done(self, index: int) -> None:
-        self._loop.call_soon_threadsafe(self._decrement_vision, index)
+    async def _release_vision(self, index: int) -> None:
+        assert self._vision is not None
+        await self._vision.release(index)
 
-    def _decrement_vision(self, index: int) -> None:
-        self._vision_in_flight[index] -= 1
+    async def _vision_set_up(self, index: int, is_up: bool) -> None:
+        assert self._vision is not None
+        await self._vision.set_up(index, is_up)
 
     async def _generate(
         self, job: JobRequest, images: list[_Image], spans: dict[ImageKey, Span], alone: bool
@@ -300,27 +315,32 @@ class Pipeline:
             )
             return result
         except RayActorError:
-            await self._take_down(index)
+            await self._take_down(self.pool.generators, index, self._router.set_up)
             raise
         finally:
             await self._router.release(index, alone)
 
-    async def _take_down(self, index: int) -> None:
-        """Route around a generator whose actor died until Ray has it answering again."""
-        if not self.router.is_up[index]:
+    async def _take_down(
+        self, actors: list[Any], index: int, set_up: Callable[[int, bool], Awaitable[None]]
+    ) -> None:
+        """Route around an actor that died until Ray has it answering again."""
+        if (id(actors), index) in self._coming_up:
             return
-        await self.router.set_up(index, False)
-        asyncio.get_running_loop().create_task(self._bring_up(index))
+        self._coming_up.add((id(actors), index))
+        await set_up(index, False)
 
-    async def _bring_up(self, index: int) -> None:
-        generator = self.pool.generators[index]
-        while True:
-            try:
-                await generator.stats.remote()
-                break
-            except RayActorError:
-                await asyncio.sleep(0.2)
-        await self.router.set_up(index, True)
+        async def bring_up() -> None:
+            while True:
+                try:
+                    await actors[index].stats.remote()
+                    break
+                except RayActorError:
+                    await asyncio.sleep(0.2)
+            self._coming_up.discard((id(actors), index))
+            await set_up(index, True)
+
+        self._probes.add(asyncio.get_running_loop().create_task(bring_up()))
+        self._probes = {probe for probe in self._probes if not probe.done()}
 
 
 def _alias(key: ImageKey) -> str:

@@ -94,22 +94,35 @@ def test_killed_generator_loses_no_request(
 def test_killed_vision_actor_loses_no_request(
     model_dir: Path, redis_server: PrivateRedisServer
 ) -> None:
-    # Many distinct images, so vision calls are still running when the actor dies.
+    # Many distinct images of a good size: the one vision actor has a queue of work when it dies.
     jobs = [
-        JobRequest(f"distinct-{i}", "Describe <image>.", (png(64 + i, 48, seed=i + 10),),
+        JobRequest(f"distinct-{i}", "Describe <image>.", (png(200 + i, 180, seed=i + 10),),
                    SamplingParams(4))
-        for i in range(24)
+        for i in range(32)
     ]
     with running_pipeline(model_dir, redis_server.url) as pipeline:
         victim = pipeline.pool.vision[0]
         pid_before = pid_of(victim)
-        outcomes = run_while(pipeline, jobs, lambda: sigkill(victim))
+
+        def kill_once_vision_is_busy() -> None:
+            deadline = time.monotonic() + 60
+            while pipeline.progress.vision_calls == 0 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(0.1)
+            os.kill(pid_before, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_once_vision_is_busy)
+        killer.start()
+        outcomes = outcomes_by_id(list(pipeline.run(jobs)))
+        killer.join()
         pid_after = pid_of(victim)
         progress = pipeline.progress
     assert all(o.ok for o in outcomes.values()), [o.failure for o in outcomes.values()]
-    assert len(outcomes) == 24
+    assert len(outcomes) == 32
     assert pid_after != pid_before
-    assert progress.vision_calls >= 24
+    # Images whose vision call died with the actor were embedded again.
+    assert progress.retries >= 1
+    assert progress.vision_calls > 32
 
 
 def test_poison_request_fails_after_bounded_attempts(

@@ -1,4 +1,4 @@
-"""Routing decisions, without Ray: load, affinity, backpressure, down generators, lone requests."""
+"""Routing decisions, without Ray: load, affinity, backpressure, down actors, lone requests."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 
 from orchestrator.image_key import ImageKey
 from orchestrator.router import Router
+from orchestrator.vision_balancer import VisionBalancer
 
 A, B = ImageKey("a" * 64), ImageKey("b" * 64)
 
@@ -66,5 +67,23 @@ def test_a_lone_request_waits_for_its_generator_to_drain_and_keeps_it() -> None:
         assert not later.done()  # nothing joins a lone request
         await router.release(0, alone=True)
         assert await asyncio.wait_for(later, 1) == 0
+
+    asyncio.run(scenario())
+
+
+def test_vision_goes_to_the_least_busy_actor_that_is_up() -> None:
+    async def scenario() -> None:
+        balancer = VisionBalancer(num_actors=2)
+        assert [await balancer.acquire() for _ in range(3)] == [0, 1, 0]
+        await balancer.set_up(0, False)
+        assert await balancer.acquire() == 1
+        await balancer.set_up(1, False)
+        waiting = asyncio.create_task(balancer.acquire())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # no actor is up: wait, do not fail
+        await balancer.set_up(0, True)
+        assert await asyncio.wait_for(waiting, 1) == 0
+        await balancer.release(0)
+        assert balancer.in_flight == [2, 2]
 
     asyncio.run(scenario())
