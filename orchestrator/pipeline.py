@@ -37,13 +37,14 @@ from orchestrator.pipeline_config import PipelineConfig
 from orchestrator.range_client import LeasedRangeClient
 from orchestrator.router import Router
 from orchestrator.vision_balancer import VisionBalancer
-from worker.errors import InvalidRequestError, JobError, VlmqError
+from worker.errors import InvalidRequestError, JobError, StaleEpochError, VlmqError
 from worker.generation import GenerationResult
 from worker.generator_actor import GenerationCall
 from worker.images import check_image_count
 from worker.model_fingerprint import model_fingerprint
 from worker.span import Span, SpanLayout
 from worker.text_tokenizer import HFTextTokenizer
+from worker.token_range import TokenRange
 from worker.visual_tokens import visual_layout
 from worker.vlm_family import detect_family, read_image_params
 
@@ -186,15 +187,7 @@ class Pipeline:
         attempts = 0
         try:
             images = await self._prepare_images(job)
-            ranges = await asyncio.get_running_loop().run_in_executor(
-                self._allocation_thread,
-                self._ranges_for,
-                images,
-            )
-            spans = {
-                image.key: Span(_alias(image.key), ranges[image.key], image.layout)
-                for image in images
-            }
+            spans = await self._spans(images, refresh=False)
             while True:
                 attempts += 1
                 try:
@@ -204,6 +197,9 @@ class Pipeline:
                 except (RayActorError, RayTaskError) as error:
                     if isinstance(error, JobError):
                         raise  # the job's own fault: retrying cannot help
+                    if isinstance(_cause(error), StaleEpochError):
+                        # The allocator lost its state and opened a new epoch: new ranges.
+                        spans = await self._spans(images, refresh=True)
                     if attempts >= self.config.max_attempts:
                         raise RequestGaveUpError(
                             f"job {job.job_id} failed on each of {attempts} attempts "
@@ -242,8 +238,19 @@ class Pipeline:
             for meta, (_, pixels) in zip(prepared, refs, strict=True)
         ]
 
-    def _ranges_for(self, images: list[_Image]) -> dict[ImageKey, Any]:
+    async def _spans(self, images: list[_Image], refresh: bool) -> dict[ImageKey, Span]:
+        ranges = await asyncio.get_running_loop().run_in_executor(
+            self._allocation_thread, self._ranges_for, images, refresh
+        )
+        return {
+            image.key: Span(_alias(image.key), ranges[image.key], image.layout)
+            for image in images
+        }
+
+    def _ranges_for(self, images: list[_Image], refresh: bool) -> dict[ImageKey, TokenRange]:
         assert self._ranges is not None
+        if refresh:
+            self._ranges.refresh()
         return {
             image.key: self._ranges.allocate(image.key.digest, image.layout.num_rows)
             for image in images

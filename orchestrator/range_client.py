@@ -72,6 +72,16 @@ class LeasedRangeClient:
             if winner.epoch == self._epoch:
                 self._ranges.put((key, winner.length), winner)
 
+    def refresh(self) -> None:
+        """Forget every range and the lease: a generator has seen a newer epoch than ours.
+
+        The next allocation leases from the actor again, which is in the newest epoch by then
+        (a generator can only see an epoch the actor has opened).
+        """
+        self._ranges.clear()
+        self._lease = None
+        self._unregistered.clear()
+
     def _carve(self, length: int) -> TokenRange:
         if not 0 < length <= self.config.lease_size:
             raise InvalidAllocationError(

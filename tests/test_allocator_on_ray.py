@@ -217,3 +217,19 @@ def test_unreachable_redis_reaches_the_client_as_a_typed_error(
         assert after.epoch == stats_of(impatient).epoch
     finally:
         ray.kill(allocator, no_restart=True)
+
+
+def test_a_refreshed_client_moves_to_the_new_epoch(
+    redis_server: PrivateRedisServer, config: AllocatorConfig
+) -> None:
+    allocator = get_or_start_allocator(config)
+    behind, other = LeasedRangeClient(allocator, config), LeasedRangeClient(allocator, config)
+    old = behind.allocate("img", 100)
+    redis_server.client().flushall()
+    # Another client's new images make the actor reserve again and open the new epoch.
+    newest = max(other.allocate(f"new-{i}", 100).epoch for i in range(60))
+    assert newest > old.epoch
+    assert behind.allocate("img", 100) == old  # it cannot know yet
+    behind.refresh()  # a generator refused its range as stale
+    fresh = behind.allocate("img", 100)
+    assert fresh.epoch == newest and fresh != old
