@@ -142,9 +142,17 @@ class Pipeline:
         if self._pool is not None:
             self._pool.kill()
         if self._loop_thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._stop_probes(), self._loop).result()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop_thread.join()
+            self._loop.close()
         self._allocation_thread.shutdown()
+
+    async def _stop_probes(self) -> None:
+        """Cancel the waits for restarting actors: the actors are gone."""
+        for probe in self._probes:
+            probe.cancel()
+        await asyncio.gather(*self._probes, return_exceptions=True)
 
     async def _make_balancers(self) -> tuple[Router, VisionBalancer]:
         # Made on the loop's thread: their asyncio primitives belong to that loop.
