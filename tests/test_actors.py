@@ -31,7 +31,6 @@ from worker.generator_actor import GenerationCall
 from worker.sampling import SamplingParams
 from worker.span import Span, SpanLayout
 from worker.text_tokenizer import HFTextTokenizer
-from worker.tiny_model import write_tiny_model
 from worker.token_range import RESERVED_ID_BASE, TokenRange
 from worker.visual_tokens import visual_layout
 from worker.vlm_family import detect_family, read_image_params
@@ -39,13 +38,6 @@ from worker.vlm_family import detect_family, read_image_params
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 READY_TIMEOUT_S = 180.0  # two shared cores load several tiny models at once
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("actors") / "tiny-pixtral"
-    write_tiny_model(directory, "pixtral")
-    return directory
 
 
 @pytest.fixture

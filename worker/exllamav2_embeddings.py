@@ -12,12 +12,12 @@ every range in this process comes from the allocator.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from worker.byte_bounded_lru import ByteBoundedLru
 from worker.errors import InvalidRequestError
 from worker.exllamav2_model import EmbedTokens
 from worker.span import Span
@@ -70,7 +70,7 @@ def place_embedding(model: Any, span: Span, rows: torch.Tensor) -> Any:
     return embedding
 
 
-class EmbeddingCache:
+class EmbeddingCache(ByteBoundedLru[TokenRange, Any]):
     """Placed embeddings by token range, least recently used first out, bounded in bytes.
 
     A range names one content (the allocator's invariant), so a repeated image reuses the
@@ -78,37 +78,7 @@ class EmbeddingCache:
     """
 
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.num_bytes = 0
-        self.num_hits = 0
-        self.num_misses = 0
-        self._entries: OrderedDict[TokenRange, Any] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, token_range: TokenRange) -> Any | None:
-        embedding = self._entries.get(token_range)
-        if embedding is None:
-            self.num_misses += 1
-            return None
-        self.num_hits += 1
-        self._entries.move_to_end(token_range)
-        return embedding
-
-    def put(self, token_range: TokenRange, embedding: Any) -> None:
-        if token_range in self._entries:
-            return
-        self._entries[token_range] = embedding
-        self.num_bytes += _size_in_bytes(embedding)
-        # Keep at least the newest: a request may need it although it alone exceeds the bound.
-        while self.num_bytes > self.max_bytes and len(self._entries) > 1:
-            _, evicted = self._entries.popitem(last=False)
-            self.num_bytes -= _size_in_bytes(evicted)
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self.num_bytes = 0
+        super().__init__(max_bytes, size_of=_size_in_bytes)
 
 
 def request_embeddings(
