@@ -15,10 +15,10 @@ from pathlib import Path
 import ray
 
 from bench.machine import describe_machine
-from orchestrator.allocator_config import AllocatorConfig
-from orchestrator.allocator_handle import get_or_start_allocator
+from orchestrator.allocator.config import AllocatorConfig
+from orchestrator.allocator.handle import get_or_start_allocator
+from orchestrator.allocator.range_client import ActorRangeClient, LeasedRangeClient, RangeClient
 from orchestrator.private_redis import PrivateRedisServer
-from orchestrator.range_client import ActorRangeClient, LeasedRangeClient, RangeClient
 
 ROWS_PER_IMAGE = 256  # a typical image after a 2x2 patch merge
 

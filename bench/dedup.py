@@ -26,7 +26,7 @@ from bench.workloads import (
     timed_run,
     tiny_model_dir,
 )
-from orchestrator.actor_pool import PoolConfig
+from orchestrator.pipeline.actor_pool import PoolConfig
 
 POOL = PoolConfig(num_vision_actors=1, num_generator_actors=2)
 

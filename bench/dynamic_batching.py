@@ -25,10 +25,10 @@ from bench.workloads import (
     tiny_model_dir,
     warm_up_workload,
 )
+from worker.engines.transformers.language import start_transformers_engine
+from worker.engines.transformers.model import TransformersVlm, load_transformers_vlm
+from worker.engines.transformers.vision import TransformersVision
 from worker.generation import GenerationRequest
-from worker.transformers_language import start_transformers_engine
-from worker.transformers_model import TransformersVlm, load_transformers_vlm
-from worker.transformers_vision import TransformersVision
 
 NUM_IMAGES = 4
 

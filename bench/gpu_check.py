@@ -29,22 +29,22 @@ import numpy as np
 import torch
 from PIL import Image
 
+from worker.encoding.prompt_encoder import PromptEncoder
+from worker.engines.exllamav2.embeddings import EmbeddingCache, request_embeddings
+from worker.engines.exllamav2.jobs import make_job
+from worker.engines.exllamav2.language import ExLlamaV2Language
+from worker.engines.exllamav2.model import ExLlamaV2Settings, ExLlamaV2Vlm, load_exllamav2_vlm
+from worker.engines.exllamav2.vision import ExLlamaV2Vision
+from worker.engines.transformers.language import TransformersStepModel
+from worker.engines.transformers.model import TransformersVlm, load_transformers_vlm
+from worker.engines.transformers.sequence import Sequence
+from worker.engines.transformers.vision import TransformersVision
 from worker.errors import StaleEpochError
-from worker.exllamav2_embeddings import EmbeddingCache, request_embeddings
-from worker.exllamav2_jobs import make_job
-from worker.exllamav2_language import ExLlamaV2Language
-from worker.exllamav2_model import ExLlamaV2Settings, ExLlamaV2Vlm, load_exllamav2_vlm
-from worker.exllamav2_vision import ExLlamaV2Vision
 from worker.generation import GenerationRequest
-from worker.prompt_encoder import PromptEncoder
 from worker.sampling import SamplingParams
-from worker.sequence import Sequence
 from worker.span import Span
-from worker.tiny_model import TINY_MODEL_FAMILIES, TinyModelFamily, write_tiny_model
+from worker.tiny.model import TINY_MODEL_FAMILIES, TinyModelFamily, write_tiny_model
 from worker.token_range import RESERVED_ID_BASE, TokenRange
-from worker.transformers_language import TransformersStepModel
-from worker.transformers_model import TransformersVlm, load_transformers_vlm
-from worker.transformers_vision import TransformersVision
 
 # Sizes on which both engines' resize rules agree for both families; C is A's size, so it can
 # stand in for A to show that the logits depend on the image.

@@ -36,10 +36,10 @@ from bench.workloads import (
     tiny_model_dir,
     warm_up_workload,
 )
-from orchestrator.actor_pool import PoolConfig
-from worker.transformers_language import start_transformers_engine
-from worker.transformers_model import load_transformers_vlm
-from worker.transformers_vision import TransformersVision
+from orchestrator.pipeline.actor_pool import PoolConfig
+from worker.engines.transformers.language import start_transformers_engine
+from worker.engines.transformers.model import load_transformers_vlm
+from worker.engines.transformers.vision import TransformersVision
 
 POOL = PoolConfig(num_vision_actors=1, num_generator_actors=1)
 

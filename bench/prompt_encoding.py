@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.machine import describe_machine
-from worker.prompt_encoder import PromptEncoder
+from worker.encoding.prompt_encoder import PromptEncoder
+from worker.encoding.text_tokenizer import HFTextTokenizer
 from worker.span import Span
-from worker.text_tokenizer import HFTextTokenizer
-from worker.tiny_tokenizer import write_tiny_tokenizer
+from worker.tiny.tokenizer import write_tiny_tokenizer
 from worker.token_range import RESERVED_ID_BASE, TokenRange
 
 ROWS_PER_IMAGE = 256

@@ -21,22 +21,21 @@ import numpy as np
 import ray
 from PIL import Image
 
-from orchestrator.actor_pool import PoolConfig
-from orchestrator.allocator_config import AllocatorConfig
-from orchestrator.allocator_handle import get_or_start_allocator
-from orchestrator.job import IMAGE_PLACEHOLDER, JobOutcome, JobRequest
-from orchestrator.pipeline import Pipeline
-from orchestrator.pipeline_config import PipelineConfig
+from orchestrator.allocator.config import AllocatorConfig
+from orchestrator.allocator.handle import get_or_start_allocator
+from orchestrator.pipeline.actor_pool import PoolConfig
+from orchestrator.pipeline.config import PipelineConfig
+from orchestrator.pipeline.driver import Pipeline
+from orchestrator.pipeline.job import IMAGE_PLACEHOLDER, JobOutcome, JobRequest
 from orchestrator.private_redis import PrivateRedisServer
-from worker.engine import ImageFeatures, LanguageEngine
-from worker.engine_config import EngineConfig
+from worker.engines import EngineConfig, ImageFeatures, LanguageEngine
+from worker.engines.transformers.vision import TransformersVision
 from worker.generation import GenerationRequest, GenerationResult
-from worker.images import ImageLimits, decode_image
+from worker.images.decoding import ImageLimits, decode_image
 from worker.sampling import SamplingParams
 from worker.span import Span
-from worker.tiny_model import write_tiny_model
+from worker.tiny.model import write_tiny_model
 from worker.token_range import RESERVED_ID_BASE, TokenRange
-from worker.transformers_vision import TransformersVision
 
 # Distinct sizes, so images differ in row count too; the tiny Pixtral caps an edge at 256.
 IMAGE_SIZES = [

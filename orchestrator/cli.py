@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import cast, get_args
 
-from worker.tiny_tokenizer import TinyTokenizerFamily
+from worker.tiny.tokenizer import TinyTokenizerFamily
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,8 +60,8 @@ def _make_tiny_model(
         parser.error(f"{directory} is not empty; pass --force to write into it anyway")
 
     # Imported here: torch is slow to import, and the other commands do not need it.
-    from worker.model_fingerprint import model_fingerprint
-    from worker.tiny_model import tiny_model_file_names, write_tiny_model
+    from worker.engines.model_fingerprint import model_fingerprint
+    from worker.tiny.model import tiny_model_file_names, write_tiny_model
 
     write_tiny_model(directory, family, seed)
     print(f"wrote a tiny {family} model (seed {seed}) to {directory}:")

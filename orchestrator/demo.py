@@ -22,16 +22,16 @@ from pathlib import Path
 
 import ray
 
-from orchestrator.actor_pool import PoolConfig
-from orchestrator.allocator_config import AllocatorConfig
-from orchestrator.job import JobOutcome, JobRequest
-from orchestrator.pipeline import Pipeline, Progress
-from orchestrator.pipeline_config import PipelineConfig
+from orchestrator.allocator.config import AllocatorConfig
+from orchestrator.pipeline.actor_pool import PoolConfig
+from orchestrator.pipeline.config import PipelineConfig
+from orchestrator.pipeline.driver import Pipeline, Progress
+from orchestrator.pipeline.job import JobOutcome, JobRequest
 from orchestrator.private_redis import PrivateRedisServer
-from worker.actor_stats import ActorStats
-from worker.engine_config import EngineConfig
+from worker.actors.stats import ActorStats
+from worker.engines import EngineConfig
 from worker.sampling import SamplingParams
-from worker.tiny_model import write_tiny_model
+from worker.tiny.model import write_tiny_model
 
 SAMPLE_DIR = Path(__file__).parent / "sample_images"
 GOOD_IMAGES = ("sunset.png", "shapes.jpg", "chart.webp", "receipt.gif")

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import ray
 
-from orchestrator.allocator_config import AllocatorConfig
+from orchestrator.allocator.config import AllocatorConfig
 from orchestrator.private_redis import PrivateRedisServer
-from tests.pipeline_fixtures import pipeline_model_dir
-from tests.tiny_model_dirs import FAMILIES, write_tiny_model_dir
-from tests.transformers_fixtures import tiny_vlm
-from worker.text_tokenizer import HFTextTokenizer
-from worker.tiny_tokenizer import TinyTokenizerFamily
-from worker.transformers_model import TransformersVlm
+from tests.support.pipeline_fixtures import pipeline_model_dir
+from tests.support.tiny_model_dirs import FAMILIES, write_tiny_model_dir
+from tests.support.transformers_fixtures import tiny_vlm
+from worker.encoding.text_tokenizer import HFTextTokenizer
+from worker.engines.transformers.model import TransformersVlm
+from worker.tiny.tokenizer import TinyTokenizerFamily
 
 
 @pytest.fixture

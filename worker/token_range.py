@@ -14,7 +14,7 @@ class TokenRange:
 
     IDs are unique for different contents only within an epoch: after the allocator's durable
     state is lost, a new, larger epoch starts and may reuse numbers. A generator that sees a
-    larger epoch drops its cached pages first (see `worker.epoch_gate`).
+    larger epoch drops its cached pages first (see `worker.engines.epoch_gate`).
     """
 
     epoch: int

@@ -1,0 +1,368 @@
+"""The pipeline: jobs in, outcomes out as they finish, over a cluster of vision and generator
+actors.
+
+Per job: its images are decoded and hashed in CPU tasks; each image gets a content-addressed
+token range from the allocator and features from a vision actor (one call per image key while
+its reference is cached, even while it is still running); then a generator actor chosen by the
+router generates it, reading the features from the object store. The driver holds references
+only. An actor that dies under a request costs an attempt; the request goes on elsewhere (or to
+the restarted actor), alone on its generator, until `max_attempts`. A job's own errors end it
+at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import queue
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from orchestrator.allocator.handle import get_or_start_allocator
+from orchestrator.allocator.range_client import LeasedRangeClient
+from orchestrator.pipeline.actor_pool import ActorPool
+from orchestrator.pipeline.config import PipelineConfig
+from orchestrator.pipeline.feature_cache import FeatureCache, FeatureEntry
+from orchestrator.pipeline.image_key import ImageKey, image_key_from_encoded
+from orchestrator.pipeline.image_prep import PreparedImage, prepare_image
+from orchestrator.pipeline.job import IMAGE_PLACEHOLDER, JobFailure, JobOutcome, JobRequest
+from orchestrator.pipeline.router import Router
+from orchestrator.pipeline.vision_balancer import VisionBalancer
+from worker.actors.generator import GenerationCall
+from worker.encoding.text_tokenizer import HFTextTokenizer
+from worker.engines.model_fingerprint import model_fingerprint
+from worker.errors import InvalidRequestError, JobError, StaleEpochError, VlmqError
+from worker.generation import GenerationResult
+from worker.images.decoding import check_image_count
+from worker.images.visual_tokens import visual_layout
+from worker.images.vlm_family import detect_family, read_image_params
+from worker.span import Span, SpanLayout
+from worker.token_range import TokenRange
+
+log = logging.getLogger(__name__)
+
+
+class RequestGaveUpError(VlmqError):
+    """Actors kept dying under a request (a poison request, or a failing cluster)."""
+
+
+@dataclass
+class Progress:
+    submitted: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retries: int = 0  # attempts repeated after an actor died
+    vision_calls: int = 0
+    feature_reuses: int = 0  # images served from a cached or in-flight vision call
+
+    @property
+    def in_flight(self) -> int:
+        return self.submitted - self.succeeded - self.failed
+
+
+@dataclass(frozen=True, slots=True)
+class _Image:
+    key: ImageKey
+    pixels: Any  # ObjectRef[PIL.Image.Image], read by a vision actor only
+    layout: SpanLayout
+
+
+class Pipeline:
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self.progress = Progress()
+        model_dir = Path(config.engine.model_dir)
+        model_config = json.loads((model_dir / "config.json").read_text())
+        self._hidden_size = int(model_config.get("text_config", model_config)["hidden_size"])
+        self._image_params = read_image_params(model_dir, detect_family(model_config))
+        self._special_pieces = HFTextTokenizer.from_model_dir(model_dir).special_pieces
+        self._fingerprint = model_fingerprint(model_dir)
+        # Everything that changes an image's embedding goes into its key.
+        self._preprocessing = {
+            **dataclasses.asdict(self._image_params),
+            "engine": config.engine.kind.value,
+        }
+        self._features = FeatureCache(config.feature_cache_bytes)
+        self._prepare: Any = ray.remote(prepare_image).options(
+            num_returns=2, num_cpus=config.cpus_per_image_task
+        )
+        self._pool: ActorPool | None = None
+        # (id of the pool's actor list, index) of every actor being waited for after it died.
+        self._coming_up: set[tuple[int, int]] = set()
+        self._probes: set[asyncio.Task[None]] = set()  # kept, so they are not collected
+        self._ranges: LeasedRangeClient | None = None
+        self._router: Router | None = None
+        self._vision: VisionBalancer | None = None
+        # The range client makes blocking calls; one thread makes them all, in order.
+        self._allocation_thread = ThreadPoolExecutor(1, thread_name_prefix="vlmq-allocation")
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(
+            target=self._loop.run_forever, name="vlmq-pipeline", daemon=True
+        )
+
+    @property
+    def router(self) -> Router:
+        assert self._router is not None, "start() the pipeline first"
+        return self._router
+
+    @property
+    def pool(self) -> ActorPool:
+        assert self._pool is not None, "start() the pipeline first"
+        return self._pool
+
+    def start(self) -> None:
+        """Start the actors and the allocator; return when every actor is ready."""
+        allocator = get_or_start_allocator(self.config.allocator)
+        self._ranges = LeasedRangeClient(allocator, self.config.allocator)
+        self._pool = ActorPool(self.config.pool, self.config.engine)
+        self._pool.wait_until_ready(self.config.ready_timeout_s)
+        self._loop_thread.start()
+        self._router, self._vision = asyncio.run_coroutine_threadsafe(
+            self._make_balancers(), self._loop
+        ).result()
+
+    def run(self, jobs: Iterable[JobRequest]) -> Iterator[JobOutcome]:
+        """Outcomes in the order jobs finish, one per job."""
+        outcomes: queue.Queue[JobOutcome | None] = queue.Queue()
+        done = asyncio.run_coroutine_threadsafe(self._run_all(jobs, outcomes), self._loop)
+        while (outcome := outcomes.get()) is not None:
+            yield outcome
+        done.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.kill()
+        if self._loop_thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._stop_probes(), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join()
+            self._loop.close()
+        self._allocation_thread.shutdown()
+
+    async def _stop_probes(self) -> None:
+        """Cancel the waits for restarting actors: the actors are gone."""
+        for probe in self._probes:
+            probe.cancel()
+        await asyncio.gather(*self._probes, return_exceptions=True)
+
+    async def _make_balancers(self) -> tuple[Router, VisionBalancer]:
+        # Made on the loop's thread: their asyncio primitives belong to that loop.
+        router = Router(
+            len(self.pool.generators),
+            self.config.max_in_flight_per_generator,
+            self.config.affinity_slack,
+        )
+        return router, VisionBalancer(len(self.pool.vision))
+
+    async def _run_all(
+        self, jobs: Iterable[JobRequest], outcomes: queue.Queue[JobOutcome | None]
+    ) -> None:
+        admitted = asyncio.Semaphore(self.config.max_jobs_in_flight)
+        running: set[asyncio.Task[None]] = set()
+
+        async def run_one(job: JobRequest) -> None:
+            try:
+                outcome = await self._run_job(job)
+                if outcome.ok:
+                    self.progress.succeeded += 1
+                else:
+                    self.progress.failed += 1
+                outcomes.put(outcome)
+            finally:
+                admitted.release()
+
+        try:
+            for job in jobs:
+                await admitted.acquire()
+                self.progress.submitted += 1
+                task = asyncio.create_task(run_one(job))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            await asyncio.gather(*list(running))
+        finally:
+            outcomes.put(None)
+
+    async def _run_job(self, job: JobRequest) -> JobOutcome:
+        attempts = 0
+        try:
+            images = await self._prepare_images(job)
+            spans = await self._spans(images, refresh=False)
+            while True:
+                attempts += 1
+                try:
+                    # After a failure the request runs alone, so it can harm only itself.
+                    result = await self._generate(job, images, spans, alone=attempts > 1)
+                    return JobOutcome(job.job_id, result, None, attempts)
+                except (RayActorError, RayTaskError) as error:
+                    if isinstance(error, JobError):
+                        raise  # the job's own fault: retrying cannot help
+                    if isinstance(_cause(error), StaleEpochError):
+                        # The allocator lost its state and opened a new epoch: new ranges.
+                        spans = await self._spans(images, refresh=True)
+                    if attempts >= self.config.max_attempts:
+                        raise RequestGaveUpError(
+                            f"job {job.job_id} failed on each of {attempts} attempts "
+                            f"(an actor died under it, or its engine failed); last: "
+                            f"{type(_cause(error)).__name__}"
+                        ) from error
+                    self.progress.retries += 1
+                    log.warning("job %s: attempt %d failed (%s); retrying", job.job_id,
+                                attempts, type(_cause(error)).__name__)
+        except Exception as error:  # every job ends with an outcome, whatever happened
+            cause = _cause(error)
+            failure = JobFailure(
+                type(cause).__name__, str(cause), is_job_error=isinstance(cause, JobError)
+            )
+            return JobOutcome(job.job_id, None, failure, attempts)
+
+    async def _prepare_images(self, job: JobRequest) -> list[_Image]:
+        check_image_count(len(job.images), self.config.image_limits)
+        if job.prompt.count(IMAGE_PLACEHOLDER) != len(job.images):
+            raise InvalidRequestError(
+                f"job {job.job_id}: the prompt has {job.prompt.count(IMAGE_PLACEHOLDER)} "
+                f"{IMAGE_PLACEHOLDER} placeholders for {len(job.images)} images"
+            )
+        refs = [self._prepare.remote(data, self.config.image_limits) for data in job.images]
+        prepared: list[PreparedImage] = await asyncio.gather(*(meta for meta, _ in refs))
+        for meta in prepared:
+            meta.check()
+        return [
+            _Image(
+                key=image_key_from_encoded(meta.digest, self._fingerprint, self._preprocessing),
+                pixels=pixels,
+                layout=visual_layout(meta.width, meta.height, self._image_params).span_layout(
+                    self._special_pieces
+                ),
+            )
+            for meta, (_, pixels) in zip(prepared, refs, strict=True)
+        ]
+
+    async def _spans(self, images: list[_Image], refresh: bool) -> dict[ImageKey, Span]:
+        ranges = await asyncio.get_running_loop().run_in_executor(
+            self._allocation_thread, self._ranges_for, images, refresh
+        )
+        return {
+            image.key: Span(_alias(image.key), ranges[image.key], image.layout)
+            for image in images
+        }
+
+    def _ranges_for(self, images: list[_Image], refresh: bool) -> dict[ImageKey, TokenRange]:
+        assert self._ranges is not None
+        if refresh:
+            self._ranges.refresh()
+        return {
+            image.key: self._ranges.allocate(image.key.digest, image.layout.num_rows)
+            for image in images
+        }
+
+    async def _image_features(self, image: _Image) -> FeatureEntry:
+        """The image's features, computed once per key while its reference is cached."""
+        for _ in range(self.config.max_attempts):
+            entry = self._features.get(image.key) if self.config.dedup_images else None
+            if entry is None:
+                entry = await self._embed(image)
+            else:
+                self.progress.feature_reuses += 1
+            try:
+                await entry.num_rows  # ready, or raises why not; the features stay put
+                return entry
+            except RayActorError:
+                # Its actor died: route around it until it is back, and embed the image again.
+                if self._features.peek(image.key) is entry:
+                    self._features.drop(image.key)
+                    self.progress.retries += 1
+                await self._take_down(self.pool.vision, entry.vision_index, self._vision_set_up)
+        raise RequestGaveUpError(f"the vision actors died on image {image.key.digest[:16]}")
+
+    async def _embed(self, image: _Image) -> FeatureEntry:
+        assert self._vision is not None
+        index = await self._vision.acquire()
+        features, num_rows = self.pool.vision[index].embed.options(num_returns=2).remote(
+            image.pixels
+        )
+        loop = asyncio.get_running_loop()
+        num_rows.future().add_done_callback(
+            lambda _: asyncio.run_coroutine_threadsafe(self._release_vision(index), loop)
+        )
+        entry = FeatureEntry(
+            features, num_rows, image.layout.num_image_rows * self._hidden_size * 2, index
+        )
+        self.progress.vision_calls += 1
+        if self.config.dedup_images:
+            self._features.put(image.key, entry)
+        return entry
+
+    async def _release_vision(self, index: int) -> None:
+        assert self._vision is not None
+        await self._vision.release(index)
+
+    async def _vision_set_up(self, index: int, is_up: bool) -> None:
+        assert self._vision is not None
+        await self._vision.set_up(index, is_up)
+
+    async def _generate(
+        self, job: JobRequest, images: list[_Image], spans: dict[ImageKey, Span], alone: bool
+    ) -> GenerationResult:
+        assert self._router is not None
+        unique = list(dict.fromkeys(image.key for image in images))
+        by_key = {image.key: image for image in images}
+        entries = await asyncio.gather(*(self._image_features(by_key[k]) for k in unique))
+        prompt = job.prompt
+        for image in images:
+            prompt = prompt.replace(IMAGE_PLACEHOLDER, _alias(image.key), 1)
+        call = GenerationCall(
+            job.job_id, prompt, tuple(spans[k] for k in unique), job.sampling
+        )
+        index = await (self._router.acquire_alone() if alone else self._router.acquire(unique))
+        try:
+            generator = self.pool.generators[index]
+            result: GenerationResult = await generator.generate.remote(
+                call, *(entry.features for entry in entries)
+            )
+            return result
+        except RayActorError:
+            await self._take_down(self.pool.generators, index, self._router.set_up)
+            raise
+        finally:
+            await self._router.release(index, alone)
+
+    async def _take_down(
+        self, actors: list[Any], index: int, set_up: Callable[[int, bool], Awaitable[None]]
+    ) -> None:
+        """Route around an actor that died until Ray has it answering again."""
+        if (id(actors), index) in self._coming_up:
+            return
+        self._coming_up.add((id(actors), index))
+        await set_up(index, False)
+
+        async def bring_up() -> None:
+            while True:
+                try:
+                    await actors[index].stats.remote()
+                    break
+                except RayActorError:
+                    await asyncio.sleep(0.2)
+            self._coming_up.discard((id(actors), index))
+            await set_up(index, True)
+
+        self._probes.add(asyncio.get_running_loop().create_task(bring_up()))
+        self._probes = {probe for probe in self._probes if not probe.done()}
+
+
+def _alias(key: ImageKey) -> str:
+    return f"<$IMG_{key.digest[:24]}$>"
+
+
+def _cause(error: BaseException) -> BaseException:
+    """The exception raised inside a Ray task, rather than Ray's wrapper around it."""
+    cause = getattr(error, "cause", None) if isinstance(error, RayTaskError) else None
+    return cause if isinstance(cause, BaseException) else error

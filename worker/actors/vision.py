@@ -1,0 +1,45 @@
+"""The vision actor: one vision engine on one GPU (or a fraction of one).
+
+A plain class; `ray.remote` wraps it where it is started (`orchestrator/pipeline/actor_pool.py`).
+`embed` returns two objects (Ray `num_returns=2`): the ImageFeatures, which stay in the object
+store for a generator to read, and their row count, small enough for the caller to await: it
+tells the caller that the features are ready, or raises what went wrong, without moving the
+features.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from worker.actors.fault_injection import FaultInjection
+from worker.actors.stats import ActorCounters, ActorStats
+from worker.engines import EngineConfig, ImageFeatures, start_vision_engine
+
+
+@dataclass(frozen=True, slots=True)
+class VisionActorConfig:
+    name: str
+    engine: EngineConfig
+    faults: FaultInjection = field(default_factory=FaultInjection)
+
+
+class VisionActor:
+    def __init__(self, config: VisionActorConfig) -> None:
+        self.config = config
+        self._engine = start_vision_engine(config.engine)
+        self._counters = ActorCounters(config.name)
+
+    def __repr__(self) -> str:
+        gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return f"VisionActor({self.config.name}, {self.config.engine.kind}, gpus={gpus})"
+
+    def embed(self, image: Image.Image) -> tuple[ImageFeatures, int]:
+        with self._counters.track():
+            features = self._engine.embed(image)
+        return features, features.layout.num_image_rows
+
+    def stats(self) -> ActorStats:
+        return self._counters.stats()
