@@ -76,6 +76,13 @@ class EngineClosedError(VlmqError):
     """The engine was closed before the request finished; it may be retried elsewhere."""
 
 
+class EngineDiedError(VlmqError):
+    """The engine's thread died; it runs nothing more, and its process must be restarted.
+
+    Not the job's fault: the request may be retried elsewhere.
+    """
+
+
 class ImageError(JobError):
     """An image of the job cannot be used; the message says why in words a user can act on."""
 

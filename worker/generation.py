@@ -20,9 +20,16 @@ class GenerationRequest:
     # Image rows of each span, in the order of `spans`: [num_image_rows, hidden], float16, CPU.
     features: tuple[torch.Tensor, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    add_bos: bool = True
+    # BOS before the prompt: True or False, or None for what the model's own Hugging Face
+    # tokenizer does (the reference processor's choice; Qwen2-VL's adds none).
+    add_bos: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.add_bos is not None and not isinstance(self.add_bos, bool):
+            raise InvalidRequestError(
+                f"request {self.request_id}: add_bos must be True, False or None, "
+                f"got {self.add_bos!r}"
+            )
         if len(self.features) != len(self.spans):
             raise InvalidRequestError(
                 f"request {self.request_id}: {len(self.spans)} spans but "

@@ -1,4 +1,9 @@
-"""Sampling parameters and the per-sequence sampler that turns logits into the next token."""
+"""Sampling parameters and the per-sequence sampler that turns logits into the next token.
+
+`SamplingParams` is the edge: every field's type and range is checked there, so nothing that
+reaches an engine thread can make sampling raise. The bounds are the ones both engines survive:
+exllamav2 samples in float32 (its `ext_sampling.cpp`), `Sampler` in float64.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,21 @@ import torch
 from worker.errors import InvalidRequestError
 
 MAX_STOP_STRINGS = 16
+MAX_STOP_STRING_CHARS = 256  # each one is searched for in the text after every token
+# exllamav2 samples greedily below 0.01 (`sample_basic`); refusing (0, 0.01) keeps one meaning
+# for every accepted temperature across engines, and keeps 1 / temperature far from float32's
+# limit (1e-40 made exllamav2's 1 / temperature inf and its softmax NaN).
+MIN_TEMPERATURE = 0.01
+# Far above any use (logits / 100 is close to uniform); bounds logits / temperature.
+MAX_TEMPERATURE = 100.0
+# exllamav2 reads top_p in float32 and takes 0 as "off": a top_p that rounds to 0 (1e-300)
+# would keep every token there and one here. Below 1e-6 top_p keeps the best token only for
+# any vocabulary under a million tokens (the best holds at least 1 / vocab of the mass).
+MIN_TOP_P = 1e-6
+MAX_TOP_K = 2**31 - 1  # exllamav2's sampler takes a C int; larger would not keep fewer tokens
+# torch.Generator.manual_seed holds 64 unsigned bits. Negative seeds are refused: torch wraps
+# -1 to 2**64 - 1 while Python's random (exllamav2's job RNG) takes -1 as 1.
+MAX_SEED = 2**64 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,19 +42,14 @@ class SamplingParams:
     stop_strings: tuple[str, ...] = ()  # generation ends before the first one that appears
 
     def __post_init__(self) -> None:
-        problems = []
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            problems.append(f"temperature must be finite and >= 0, got {self.temperature!r}")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            problems.append(f"top_k must be an integer >= 0, got {self.top_k!r}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            problems.append(f"seed must be an integer, got {self.seed!r}")
-        if len(self.stop_strings) > MAX_STOP_STRINGS or any(not s for s in self.stop_strings):
-            problems.append(f"stop_strings: at most {MAX_STOP_STRINGS}, none empty")
+        problems = [
+            *_int_problems("max_new_tokens", self.max_new_tokens, 1, None),
+            *_temperature_problems(self.temperature),
+            *_float_problems("top_p", self.top_p, MIN_TOP_P, 1.0),
+            *_int_problems("top_k", self.top_k, 0, MAX_TOP_K),
+            *([] if self.seed is None else _int_problems("seed", self.seed, 0, MAX_SEED)),
+            *_stop_string_problems(self.stop_strings),
+        ]
         if problems:
             raise InvalidRequestError("; ".join(problems))
 
@@ -43,8 +58,70 @@ class SamplingParams:
         return self.temperature == 0 or self.top_k == 1
 
 
+def _int_problems(name: str, value: object, low: int, high: int | None) -> list[str]:
+    # bool is an int to isinstance; True as a token count is a caller's bug, not a 1.
+    if not isinstance(value, int) or isinstance(value, bool):
+        return [f"{name} must be an int, got {type(value).__name__} {value!r}"]
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        return [f"{name} must be {bounds}, got {value!r}"]
+    return []
+
+
+def _as_finite_float(value: object) -> float | None:
+    """The value as a finite float, or None if it is not a real number or not finite."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # an int past 1e308 overflows here
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _float_problems(name: str, value: object, low: float, high: float) -> list[str]:
+    number = _as_finite_float(value)
+    if number is None or not low <= number <= high:
+        return [f"{name} must be a finite number in [{low:g}, {high:g}], got {value!r}"]
+    return []
+
+
+def _temperature_problems(value: object) -> list[str]:
+    number = _as_finite_float(value)
+    if number is None or not (number == 0 or MIN_TEMPERATURE <= number <= MAX_TEMPERATURE):
+        return [
+            f"temperature must be 0 (greedy) or a finite number in "
+            f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {value!r}"
+        ]
+    return []
+
+
+def _stop_string_problems(value: object) -> list[str]:
+    # A tuple only: a str would be read as its characters, and a list could change after it
+    # was checked (the params are frozen, their contents would not be).
+    if not isinstance(value, tuple):
+        return [f"stop_strings must be a tuple of str, got {type(value).__name__} {value!r}"]
+    problems = []
+    if len(value) > MAX_STOP_STRINGS:
+        problems.append(f"stop_strings: at most {MAX_STOP_STRINGS}, got {len(value)}")
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            problems.append(f"stop_strings[{index}] must be a str, got {type(item).__name__}")
+        elif not 1 <= len(item) <= MAX_STOP_STRING_CHARS:
+            problems.append(
+                f"stop_strings[{index}] must have 1 to {MAX_STOP_STRING_CHARS} characters, "
+                f"got {len(item)}"
+            )
+    return problems
+
+
 class Sampler:
-    """Draws one sequence's tokens; its own generator makes a seeded request reproducible."""
+    """Draws one sequence's tokens; its own generator makes a seeded request reproducible.
+
+    Safe for any `SamplingParams` that passed validation and any logits: NaN is never drawn,
+    +inf wins, and the best token always keeps a non-zero probability, so the draw never sees
+    an empty distribution. Logits with no finite or +inf value give token 0.
+    """
 
     def __init__(self, params: SamplingParams) -> None:
         self.params = params
@@ -56,16 +133,28 @@ class Sampler:
 
     def next_token(self, logits: torch.Tensor) -> int:
         # logits: [vocab]
-        if self.params.is_greedy:
-            return int(torch.argmax(logits).item())
-        scores = logits.float() / self.params.temperature
+        if logits.dim() != 1 or logits.numel() == 0:
+            raise ValueError(f"expected logits of shape [vocab], got {tuple(logits.shape)}")
+        # float64: logits / temperature cannot overflow (float32 logits over 0.01 stay < 1e41).
+        scores = torch.nan_to_num(logits.detach().to(torch.float64), nan=-math.inf)
+        best = float(scores.max())
+        if best == math.inf:
+            # Infinitely likely tokens: only they may be drawn, each as likely.
+            scores = torch.full_like(scores, -math.inf).masked_fill(scores == math.inf, 0.0)
+            best = 0.0
+        if self.params.is_greedy or best == -math.inf:
+            return int(torch.argmax(scores).item())
+        # Shifted so the best score is 0: its weight is exp(0) = 1 whatever the temperature.
+        scores = (scores - best) / self.params.temperature
         if self.params.top_k:
             kth_best = torch.topk(scores, min(self.params.top_k, scores.numel())).values[-1]
             scores = scores.masked_fill(scores < kth_best, -math.inf)
-        probs = torch.softmax(scores, dim=-1)
+        probs = torch.exp(scores)
+        probs = probs / probs.sum()
         if self.params.top_p < 1:
             sorted_probs, order = torch.sort(probs, descending=True)
-            # Keep the smallest prefix whose mass reaches top_p (always the best token).
+            # Keep the smallest prefix whose mass reaches top_p; the best token's mass before
+            # it is 0 < top_p, so it is always kept.
             outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= self.params.top_p
             sorted_probs = sorted_probs.masked_fill(outside, 0)
             probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)

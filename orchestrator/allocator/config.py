@@ -22,7 +22,11 @@ class AllocatorConfig:
     lease_size: int = 1 << 16  # IDs a client leases per actor round trip
     max_keys: int = 200_000  # bound of the key -> range LRU, in the actor and in each client
     sync_every: int = 256  # a client registers its new ranges with the actor after this many
-    redis_retry_seconds: float = 10.0  # how long to keep trying an unreachable Redis
+    # How long the allocator actor keeps trying an unreachable Redis before it answers
+    # AllocatorStateUnavailableError. Short, because the actor serves one call at a time and
+    # every client waits behind it; the pipeline waits out longer outages itself, with
+    # backoff between attempts (PipelineConfig.allocator_outage_timeout_s).
+    redis_retry_seconds: float = 2.0
     ray_namespace: str = "vlmq"
 
     def __post_init__(self) -> None:

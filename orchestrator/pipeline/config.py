@@ -25,10 +25,21 @@ class PipelineConfig:
     # ends the extra ones after a second idle, so the next batch waits for new processes.
     cpus_per_image_task: float = 1.0
     ready_timeout_s: float = 120.0  # for every actor to start
+    # How long an actor that died may stay down before the pipeline gives up on it; requests
+    # that need an actor of its kind then fail with NoActorAvailableError once none is left.
+    # An actor Ray reports DEAD (killed with no_restart, restarts exhausted) is given up on
+    # at once.
+    actor_restart_timeout_s: float = 120.0
+    # How long a job waits for the allocator while its Redis is unreachable (new token ranges
+    # cannot be issued); past it the job fails with AllocatorStateUnavailableError.
+    allocator_outage_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         for name in ("max_in_flight_per_generator", "max_attempts", "feature_cache_bytes"):
             if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("ready_timeout_s", "actor_restart_timeout_s", "allocator_outage_timeout_s"):
+            if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
     @property

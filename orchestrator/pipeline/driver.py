@@ -8,39 +8,58 @@ router generates it, reading the features from the object store. The driver hold
 only. An actor that dies under a request costs an attempt; the request goes on elsewhere (or to
 the restarted actor), alone on its generator, until `max_attempts`. A job's own errors end it
 at once.
+
+Nothing waits without a deadline. An actor that died is probed until it answers; Ray reporting
+it DEAD, or `actor_restart_timeout_s` without an answer, gives up on it, and once every actor
+of its kind is given up on, the requests that need one fail with `NoActorAvailableError`. While
+the allocator's Redis is unreachable, jobs that need new token ranges wait for it (counted in
+`progress.waiting_for_allocator`) up to `allocator_outage_timeout_s`; jobs whose ranges are
+already known go on meanwhile, without a round trip. `close()` during `run()` ends every
+admitted job with an outcome (`PipelineClosedError`) and ends the iterator; a jobs iterable
+that raises has the outcomes of the jobs it admitted yielded first, then its error re-raised.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import queue
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from orchestrator.allocator.handle import get_or_start_allocator
 from orchestrator.allocator.range_client import LeasedRangeClient
-from orchestrator.pipeline.actor_pool import ActorPool
+from orchestrator.pipeline.actor_pool import ActorPool, wait_until_up
 from orchestrator.pipeline.config import PipelineConfig
+from orchestrator.pipeline.errors import PipelineClosedError
 from orchestrator.pipeline.feature_cache import FeatureCache, FeatureEntry
 from orchestrator.pipeline.image_key import ImageKey, image_key_from_encoded
 from orchestrator.pipeline.image_prep import PreparedImage, prepare_image
-from orchestrator.pipeline.job import IMAGE_PLACEHOLDER, JobFailure, JobOutcome, JobRequest
+from orchestrator.pipeline.job import (
+    IMAGE_PLACEHOLDER,
+    JobFailure,
+    JobOutcome,
+    JobRequest,
+    job_id_of,
+    validate_job,
+)
 from orchestrator.pipeline.router import Router
 from orchestrator.pipeline.vision_balancer import VisionBalancer
 from worker.actors.generator import GenerationCall
 from worker.encoding.text_tokenizer import HFTextTokenizer
 from worker.engines.model_fingerprint import model_fingerprint
-from worker.errors import InvalidRequestError, JobError, StaleEpochError, VlmqError
+from worker.errors import AllocatorStateUnavailableError, JobError, StaleEpochError, VlmqError
 from worker.generation import GenerationResult
 from worker.images.decoding import check_image_count
 from worker.images.visual_tokens import visual_layout
@@ -63,6 +82,7 @@ class Progress:
     retries: int = 0  # attempts repeated after an actor died
     vision_calls: int = 0
     feature_reuses: int = 0  # images served from a cached or in-flight vision call
+    waiting_for_allocator: int = 0  # jobs waiting now for the allocator's Redis to come back
 
     @property
     def in_flight(self) -> int:
@@ -74,6 +94,14 @@ class _Image:
     key: ImageKey
     pixels: Any  # ObjectRef[PIL.Image.Image], read by a vision actor only
     layout: SpanLayout
+
+
+class _Availability(Protocol):
+    """What the router and the vision balancer know of their actors being up."""
+
+    async def set_up(self, index: int, is_up: bool) -> None: ...
+
+    async def set_gone(self, index: int, why: str) -> None: ...
 
 
 class Pipeline:
@@ -104,6 +132,10 @@ class Pipeline:
         self._vision: VisionBalancer | None = None
         # The range client makes blocking calls; one thread makes them all, in order.
         self._allocation_thread = ThreadPoolExecutor(1, thread_name_prefix="vlmq-allocation")
+        self._sync_scheduled = False  # a sync of the range client is queued on that thread
+        self._closing = False
+        self._job_tasks: set[asyncio.Task[None]] = set()  # admitted jobs of every run()
+        self._feeders: set[asyncio.Task[None]] = set()  # the admitting loop of every run()
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(
             target=self._loop.run_forever, name="vlmq-pipeline", daemon=True
@@ -113,6 +145,11 @@ class Pipeline:
     def router(self) -> Router:
         assert self._router is not None, "start() the pipeline first"
         return self._router
+
+    @property
+    def vision(self) -> VisionBalancer:
+        assert self._vision is not None, "start() the pipeline first"
+        return self._vision
 
     @property
     def pool(self) -> ActorPool:
@@ -131,7 +168,14 @@ class Pipeline:
         ).result()
 
     def run(self, jobs: Iterable[JobRequest]) -> Iterator[JobOutcome]:
-        """Outcomes in the order jobs finish, one per job."""
+        """Outcomes in the order jobs finish, one per admitted job.
+
+        If `jobs` raises, the jobs it admitted still end and their outcomes come first; then
+        its error is raised here. After `close()`, the jobs still running come out failed
+        with `PipelineClosedError` and the iterator ends.
+        """
+        if self._closing or not self._loop_thread.is_alive():
+            raise PipelineClosedError("the pipeline is closed (or was never started)")
         outcomes: queue.Queue[JobOutcome | None] = queue.Queue()
         done = asyncio.run_coroutine_threadsafe(self._run_all(jobs, outcomes), self._loop)
         while (outcome := outcomes.get()) is not None:
@@ -139,6 +183,9 @@ class Pipeline:
         done.result()
 
     def close(self) -> None:
+        """End every running `run()` (each admitted job gets an outcome), then the actors."""
+        if self._loop_thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._end_runs(), self._loop).result()
         if self._pool is not None:
             self._pool.kill()
         if self._loop_thread.is_alive():
@@ -146,7 +193,16 @@ class Pipeline:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop_thread.join()
             self._loop.close()
-        self._allocation_thread.shutdown()
+        # An allocation stuck on an unreachable Redis must not hold close() up; its thread
+        # ends when that call does.
+        self._allocation_thread.shutdown(wait=False, cancel_futures=True)
+
+    async def _end_runs(self) -> None:
+        """Admit no more jobs; end the admitted ones as closed; wait for every run to end."""
+        self._closing = True
+        for task in self._job_tasks:
+            task.cancel()
+        await asyncio.gather(*self._feeders, return_exceptions=True)
 
     async def _stop_probes(self) -> None:
         """Cancel the waits for restarting actors: the actors are gone."""
@@ -168,10 +224,16 @@ class Pipeline:
     ) -> None:
         admitted = asyncio.Semaphore(self.config.max_jobs_in_flight)
         running: set[asyncio.Task[None]] = set()
+        feeder = asyncio.current_task()
+        assert feeder is not None
+        self._feeders.add(feeder)
 
         async def run_one(job: JobRequest) -> None:
             try:
-                outcome = await self._run_job(job)
+                try:
+                    outcome = await self._run_job(job)
+                except asyncio.CancelledError:  # close(): the job ends, with an outcome
+                    outcome = _closed_outcome(job)
                 if outcome.ok:
                     self.progress.succeeded += 1
                 else:
@@ -180,16 +242,28 @@ class Pipeline:
             finally:
                 admitted.release()
 
+        feed_error: Exception | None = None
         try:
-            for job in jobs:
-                await admitted.acquire()
-                self.progress.submitted += 1
-                task = asyncio.create_task(run_one(job))
-                running.add(task)
-                task.add_done_callback(running.discard)
+            try:
+                for job in [] if self._closing else jobs:
+                    await admitted.acquire()
+                    if self._closing:
+                        break  # close() came while this job waited to be admitted
+                    self.progress.submitted += 1
+                    task = asyncio.create_task(run_one(job))
+                    running.add(task)
+                    self._job_tasks.add(task)
+                    task.add_done_callback(running.discard)
+                    task.add_done_callback(self._job_tasks.discard)
+            except Exception as error:  # the iterable's own error: raised after the outcomes
+                feed_error = error
+            # Every admitted job ends with an outcome, whatever ended the feed.
             await asyncio.gather(*list(running))
         finally:
             outcomes.put(None)
+            self._feeders.discard(feeder)
+        if feed_error is not None:
+            raise feed_error
 
     async def _run_job(self, job: JobRequest) -> JobOutcome:
         attempts = 0
@@ -222,17 +296,23 @@ class Pipeline:
             failure = JobFailure(
                 type(cause).__name__, str(cause), is_job_error=isinstance(cause, JobError)
             )
-            return JobOutcome(job.job_id, None, failure, attempts)
+            return JobOutcome(job_id_of(job), None, failure, attempts)
 
     async def _prepare_images(self, job: JobRequest) -> list[_Image]:
+        # First of all: a job's own bad fields fail it here, typed, before a task or an actor
+        # sees them (an image that is not bytes would make its task raise).
+        validate_job(job)
         check_image_count(len(job.images), self.config.image_limits)
-        if job.prompt.count(IMAGE_PLACEHOLDER) != len(job.images):
-            raise InvalidRequestError(
-                f"job {job.job_id}: the prompt has {job.prompt.count(IMAGE_PLACEHOLDER)} "
-                f"{IMAGE_PLACEHOLDER} placeholders for {len(job.images)} images"
-            )
         refs = [self._prepare.remote(data, self.config.image_limits) for data in job.images]
-        prepared: list[PreparedImage] = await asyncio.gather(*(meta for meta, _ in refs))
+        answers = await asyncio.gather(*(meta for meta, _ in refs), return_exceptions=True)
+        failed = [(answer, pixels) for answer, (_, pixels) in zip(answers, refs, strict=True)
+                  if isinstance(answer, BaseException)]
+        if failed:
+            # A task that raised (its worker died) left both its objects as errors. Read the
+            # image's too, or Ray logs it as an unhandled error when its reference goes.
+            await asyncio.gather(*(pixels for _, pixels in failed), return_exceptions=True)
+            raise failed[0][0]
+        prepared = [answer for answer in answers if isinstance(answer, PreparedImage)]
         for meta in prepared:
             meta.check()
         return [
@@ -247,13 +327,75 @@ class Pipeline:
         ]
 
     async def _spans(self, images: list[_Image], refresh: bool) -> dict[ImageKey, Span]:
-        ranges = await asyncio.get_running_loop().run_in_executor(
-            self._allocation_thread, self._ranges_for, images, refresh
-        )
+        ranges = await self._ranges_waiting_out_outages(images, refresh)
         return {
             image.key: Span(_alias(image.key), ranges[image.key], image.layout)
             for image in images
         }
+
+    async def _ranges_waiting_out_outages(
+        self, images: list[_Image], refresh: bool
+    ) -> dict[ImageKey, TokenRange]:
+        """The images' token ranges; while Redis is unreachable, wait for it, up to a deadline.
+
+        Ranges the client knows, or can carve from its lease, come at once on the loop's
+        thread: a job that needs no new IDs never queues behind an allocation stuck on Redis.
+        """
+        assert self._ranges is not None
+        if not refresh:
+            known = self._ranges.allocate_local(
+                [(image.key.digest, image.layout.num_rows) for image in images]
+            )
+            if known is not None:
+                self._sync_soon()
+                return dict(zip((image.key for image in images), known, strict=True))
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        delay = 0.05
+        waiting = False
+        try:
+            while True:
+                try:
+                    return await loop.run_in_executor(
+                        self._allocation_thread, self._ranges_for, images, refresh
+                    )
+                except Exception as error:
+                    if not isinstance(_cause(error), AllocatorStateUnavailableError):
+                        raise
+                    waited = time.monotonic() - started
+                    if waited >= self.config.allocator_outage_timeout_s:
+                        raise AllocatorStateUnavailableError(
+                            f"no token ranges for {waited:.0f} s (allocator_outage_timeout_s "
+                            f"is {self.config.allocator_outage_timeout_s:g}): {_cause(error)}"
+                        ) from error
+                    if not waiting:
+                        waiting = True
+                        self.progress.waiting_for_allocator += 1
+                        log.warning("allocator unavailable; waiting for it: %s", _cause(error))
+                    # Backoff between attempts: the allocation thread serves others meanwhile.
+                    await asyncio.sleep(
+                        min(delay, self.config.allocator_outage_timeout_s - waited)
+                    )
+                    delay = min(delay * 2, 2.0)
+        finally:
+            if waiting:
+                self.progress.waiting_for_allocator -= 1
+
+    def _sync_soon(self) -> None:
+        """Register locally carved ranges with the allocator, on the allocation thread."""
+        assert self._ranges is not None
+        if self._sync_scheduled or not self._ranges.sync_due:
+            return
+        self._sync_scheduled = True
+        future = self._allocation_thread.submit(self._sync_quietly)
+        future.add_done_callback(lambda _: setattr(self, "_sync_scheduled", False))
+
+    def _sync_quietly(self) -> None:
+        assert self._ranges is not None
+        try:
+            self._ranges.sync()
+        except Exception:  # the ranges stay unregistered; the next sync takes them along
+            log.warning("syncing token ranges with the allocator failed", exc_info=True)
 
     def _ranges_for(self, images: list[_Image], refresh: bool) -> dict[ImageKey, TokenRange]:
         assert self._ranges is not None
@@ -280,7 +422,7 @@ class Pipeline:
                 if self._features.peek(image.key) is entry:
                     self._features.drop(image.key)
                     self.progress.retries += 1
-                await self._take_down(self.pool.vision, entry.vision_index, self._vision_set_up)
+                await self._take_down(self.pool.vision, entry.vision_index, self.vision)
         raise RequestGaveUpError(f"the vision actors died on image {image.key.digest[:16]}")
 
     async def _embed(self, image: _Image) -> FeatureEntry:
@@ -290,9 +432,14 @@ class Pipeline:
             image.pixels
         )
         loop = asyncio.get_running_loop()
-        num_rows.future().add_done_callback(
-            lambda _: asyncio.run_coroutine_threadsafe(self._release_vision(index), loop)
-        )
+
+        def release(_: object) -> None:
+            # Runs on a Ray thread. The coroutine is made on the loop's thread, so a call that
+            # ends after close() (the loop is gone) leaves no coroutine never awaited.
+            with contextlib.suppress(RuntimeError):  # closed: nothing is left to balance
+                loop.call_soon_threadsafe(lambda: loop.create_task(self._release_vision(index)))
+
+        num_rows.future().add_done_callback(release)
         entry = FeatureEntry(
             features, num_rows, image.layout.num_image_rows * self._hidden_size * 2, index
         )
@@ -304,10 +451,6 @@ class Pipeline:
     async def _release_vision(self, index: int) -> None:
         assert self._vision is not None
         await self._vision.release(index)
-
-    async def _vision_set_up(self, index: int, is_up: bool) -> None:
-        assert self._vision is not None
-        await self._vision.set_up(index, is_up)
 
     async def _generate(
         self, job: JobRequest, images: list[_Image], spans: dict[ImageKey, Span], alone: bool
@@ -330,32 +473,41 @@ class Pipeline:
             )
             return result
         except RayActorError:
-            await self._take_down(self.pool.generators, index, self._router.set_up)
+            await self._take_down(self.pool.generators, index, self._router)
             raise
         finally:
             await self._router.release(index, alone)
 
-    async def _take_down(
-        self, actors: list[Any], index: int, set_up: Callable[[int, bool], Awaitable[None]]
-    ) -> None:
-        """Route around an actor that died until Ray has it answering again."""
+    async def _take_down(self, actors: list[Any], index: int, balancer: _Availability) -> None:
+        """Route around an actor that died until Ray has it answering again, or give up on it.
+
+        The probe gives up at once when Ray reports the actor DEAD, else after
+        `actor_restart_timeout_s`; the balancer then fails the requests waiting for an actor
+        of this kind once none is left.
+        """
         if (id(actors), index) in self._coming_up:
             return
         self._coming_up.add((id(actors), index))
-        await set_up(index, False)
+        await balancer.set_up(index, False)
+
+        async def give_up(why: str) -> None:
+            await balancer.set_gone(index, why)
 
         async def bring_up() -> None:
-            while True:
-                try:
-                    await actors[index].stats.remote()
-                    break
-                except RayActorError:
-                    await asyncio.sleep(0.2)
-            self._coming_up.discard((id(actors), index))
-            await set_up(index, True)
+            if await wait_until_up(actors[index], self.config.actor_restart_timeout_s, give_up):
+                self._coming_up.discard((id(actors), index))
+                await balancer.set_up(index, True)
+            # Dead for good: it stays in _coming_up, so no later failure probes it again.
 
         self._probes.add(asyncio.get_running_loop().create_task(bring_up()))
         self._probes = {probe for probe in self._probes if not probe.done()}
+
+
+def _closed_outcome(job: JobRequest) -> JobOutcome:
+    job_id = job_id_of(job)  # whatever the caller passed in, it gets its outcome
+    error = PipelineClosedError(f"job {job_id}: the pipeline was closed before it finished")
+    failure = JobFailure(type(error).__name__, str(error), is_job_error=False)
+    return JobOutcome(job_id, None, failure, 0)
 
 
 def _alias(key: ImageKey) -> str:

@@ -6,6 +6,12 @@ shares an image goes back to it, unless it is busier than the least-loaded one b
 (backpressure), so a slow stage holds the pipeline back instead of piling work up. A generator
 whose actor died is down until it answers again; nothing is routed to it meanwhile.
 
+A down generator can be given up on (`set_gone`): the driver's restart probe does that when Ray
+reports the actor dead for good, or when it stays down past its deadline. Once every generator
+is given up on, callers waiting for one, and callers to come, get `NoActorAvailableError` at
+once instead of waiting forever; a given-up generator that answers again (`set_up`) is used
+again.
+
 A request that was running when its actor died is retried *alone* (`acquire_alone`): the
 generator takes no other request until it is done. So a poison request that kills its actor
 every time can only take itself down on later attempts, never the innocent requests beside it.
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from orchestrator.pipeline.errors import NoActorAvailableError
 from orchestrator.pipeline.image_key import ImageKey
 from worker.bounded_lru import BoundedLru
 
@@ -25,17 +32,24 @@ class Router:
         self.in_flight = [0] * num_generators
         self.is_up = [True] * num_generators
         self.is_reserved = [False] * num_generators  # draining for, or running, a lone request
+        self.gone: dict[int, str] = {}  # generators given up on, and why
         self.max_in_flight = max_in_flight
         self.affinity_slack = affinity_slack
         self.num_affine = 0  # requests sent where their images were
         self.max_in_flight_seen = 0  # never above max_in_flight: the backpressure bound holds
+        self.num_waiting = 0  # callers waiting for a generator now (a progress signal)
+        self.num_waits = 0  # times a caller began to wait (a progress signal)
         self._home: BoundedLru[ImageKey, int] = BoundedLru(100_000)
         self._freed = asyncio.Condition()
 
     async def acquire(self, keys: Sequence[ImageKey]) -> int:
-        """A generator index for a request with these images; waits while all are full."""
+        """A generator index for a request with these images; waits while all are full.
+
+        Raises `NoActorAvailableError` once every generator is given up on.
+        """
         async with self._freed:
             while True:
+                self._check_some_left()
                 index = self._choose(keys)
                 if index is not None:
                     self.in_flight[index] += 1
@@ -43,24 +57,35 @@ class Router:
                     for key in keys:
                         self._home.put(key, index)
                     return index
-                await self._freed.wait()
+                await self._wait()
 
     async def acquire_alone(self) -> int:
         """A generator that runs nothing else while the caller's request runs."""
         async with self._freed:
             while True:
+                self._check_some_left()
                 free = [
                     i for i, up in enumerate(self.is_up) if up and not self.is_reserved[i]
                 ]
-                if free:
-                    index = min(free, key=lambda i: self.in_flight[i])
-                    break
-                await self._freed.wait()
-            self.is_reserved[index] = True  # no new requests; the running ones finish
-            while self.in_flight[index] or not self.is_up[index]:
-                await self._freed.wait()
-            self.in_flight[index] += 1
-            return index
+                if not free:
+                    await self._wait()
+                    continue
+                index = min(free, key=lambda i: self.in_flight[i])
+                self.is_reserved[index] = True  # no new requests; the running ones finish
+                try:
+                    while (self.in_flight[index] or not self.is_up[index]) and (
+                        index not in self.gone
+                    ):
+                        await self._wait()
+                except BaseException:
+                    self.is_reserved[index] = False
+                    raise
+                if index in self.gone:
+                    # Given up on while it drained: choose again (or fail, if none is left).
+                    self.is_reserved[index] = False
+                    continue
+                self.in_flight[index] += 1
+                return index
 
     async def release(self, index: int, alone: bool = False) -> None:
         async with self._freed:
@@ -72,7 +97,28 @@ class Router:
     async def set_up(self, index: int, is_up: bool) -> None:
         async with self._freed:
             self.is_up[index] = is_up
+            if is_up:
+                self.gone.pop(index, None)
             self._freed.notify_all()
+
+    async def set_gone(self, index: int, why: str) -> None:
+        """Give up on a down generator: `why` ends up in the error its waiters get."""
+        async with self._freed:
+            self.is_up[index] = False
+            self.gone[index] = why
+            self._freed.notify_all()
+
+    async def _wait(self) -> None:
+        self.num_waiting += 1
+        self.num_waits += 1
+        try:
+            await self._freed.wait()
+        finally:
+            self.num_waiting -= 1
+
+    def _check_some_left(self) -> None:
+        if len(self.gone) == len(self.is_up):
+            raise NoActorAvailableError("generator", self.gone)
 
     def _choose(self, keys: Sequence[ImageKey]) -> int | None:
         open_indexes = [

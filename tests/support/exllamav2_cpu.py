@@ -25,6 +25,17 @@ from exllamav2.config import ExLlamaV2Config, read  # noqa: E402
 from exllamav2.generator.dynamic_embeddings import ExLlamaV2MMEmbedding  # noqa: E402
 from exllamav2.tokenizer.tokenizer import ExLlamaV2Tokenizer  # noqa: E402
 
+__all__ = [
+    "ExLlamaV2Config",
+    "ExLlamaV2MMEmbedding",
+    "ExLlamaV2Tokenizer",
+    "ScriptedGenerator",
+    "exllamav2_embeddings",
+    "exllamav2_encode",
+    "exllamav2_tokenizer",
+    "read",
+]
+
 # Embedding rows are never looked at by the tokenizer; keep them small.
 _HIDDEN_SIZE = 4
 

@@ -42,7 +42,8 @@ def jobs_sharing_images(
     jobs = []
     for i in range(count):
         if i % 3:
-            prompt, images = f"Q{i}: what is <image>?", (IMAGES[i % 4],)
+            prompt = f"Q{i}: what is <image>?"
+            images: tuple[bytes, ...] = (IMAGES[i % 4],)
         else:
             prompt = f"Q{i}: compare <image> and <image>."
             images = (IMAGES[i % 4], IMAGES[(i + 1) % 4])

@@ -4,20 +4,34 @@ An async actor: each `generate` call waits on its engine future without blocking
 so the engine's dynamic batching sees every request in flight. The engine's own thread runs
 the model; the actor's event loop only waits. Features arrive as object references that Ray
 resolves in this process.
+
+If the engine's thread dies, the engine answers every request with `EngineDiedError`, and the
+actor ends its process on the first one: Ray restarts an actor whose process failed (with
+`max_restarts`), not one that left through `ray.actor.exit_actor()`, which it takes as an
+intentional exit. A live actor over a dead engine would hold its requests for good.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import sys
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from worker.actors.fault_injection import FaultInjection
 from worker.actors.stats import ActorCounters, ActorStats
 from worker.engines import EngineConfig, ImageFeatures, start_language_engine
+from worker.errors import EngineDiedError
 from worker.generation import GenerationRequest, GenerationResult
 from worker.sampling import SamplingParams
 from worker.span import Span
+
+log = logging.getLogger(__name__)
+
+# The exit status of a generator whose engine thread died (os.EX_SOFTWARE: an internal error).
+ENGINE_DIED_EXIT_CODE = 70
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +49,7 @@ class GenerationCall:
     prompt: str
     spans: tuple[Span, ...]
     sampling: SamplingParams
-    add_bos: bool = True
+    add_bos: bool | None = None  # None: what the model's own HF tokenizer does
 
 
 class GeneratorActor:
@@ -60,7 +74,21 @@ class GeneratorActor:
                 sampling=call.sampling,
                 add_bos=call.add_bos,
             )
-            return await asyncio.wrap_future(self._engine.submit(request))
+            try:
+                return await asyncio.wrap_future(self._engine.submit(request))
+            except EngineDiedError as error:
+                _exit_for_restart(self.config.name, error)
 
     def stats(self) -> ActorStats:
+        # The readiness probe: an engine whose thread died while idle takes its actor down here,
+        # not only at the next request.
+        if (failure := self._engine.failure) is not None:
+            died = EngineDiedError(f"the engine thread died: {failure!r}")
+            _exit_for_restart(self.config.name, died)
         return self._counters.stats()
+
+
+def _exit_for_restart(name: str, error: EngineDiedError) -> NoReturn:
+    log.critical("generator %s exits so that Ray restarts it: %s", name, error)
+    sys.stderr.flush()  # os._exit flushes nothing; the worker's log should say why it went
+    os._exit(ENGINE_DIED_EXIT_CODE)

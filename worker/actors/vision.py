@@ -1,10 +1,10 @@
 """The vision actor: one vision engine on one GPU (or a fraction of one).
 
 A plain class; `ray.remote` wraps it where it is started (`orchestrator/pipeline/actor_pool.py`).
-`embed` returns two objects (Ray `num_returns=2`): the ImageFeatures, which stay in the object
-store for a generator to read, and their row count, small enough for the caller to await: it
-tells the caller that the features are ready, or raises what went wrong, without moving the
-features.
+`embed` returns two objects (Ray `num_returns=2`): the ImageFeatures, which a generator reads
+from the object store (or, under Ray's 100 KiB inline limit, inline with the call), and their
+row count, small enough for the caller to await: it tells the caller that the features are
+ready, or raises what went wrong, without moving the features.
 """
 
 from __future__ import annotations

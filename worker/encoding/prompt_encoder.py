@@ -2,10 +2,10 @@
 
 The prompt is split at its aliases; each alias becomes its span's reserved ID range, and the text
 between them is tokenized with special-token pieces written in the text taken as those tokens.
-The result is what exllamav2's `ExLlamaV2Tokenizer.encode(prompt, add_bos=...,
-encode_special_tokens=True, embeddings=...)` returns for embeddings placed at the spans' ranges,
-with two differences: an alias always wins over a shorter alias that is its prefix, and a prompt
-whose aliases and spans do not fit together is refused instead of encoded.
+For a given `add_bos`, the result is what exllamav2's `ExLlamaV2Tokenizer.encode(prompt,
+add_bos=..., encode_special_tokens=True, embeddings=...)` returns for embeddings placed at the
+spans' ranges, with two differences: an alias always wins over a shorter alias that is its
+prefix, and a prompt whose aliases and spans do not fit together is refused instead of encoded.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from worker.span import Span
 
 # Text that can only mean an image: exllamav2's automatic aliases and the common "<image>".
 # Seeing one in a prompt without a span for it is an error, not text to tokenize.
-DEFAULT_WATCHED_ALIASES: tuple[str, ...] = (r"<\$EMB_\d+\$>", re.escape("<image>"))
+# ASCII digits only: exllamav2's aliases are written with str(int), and it encodes "<$EMB_٣$>"
+# (Arabic-Indic three) as text, so vlmq must not refuse it.
+DEFAULT_WATCHED_ALIASES: tuple[str, ...] = (r"<\$EMB_[0-9]+\$>", re.escape("<image>"))
 
 # One step of a prompt's plan: fixed IDs (an alias's range, a special token), or None for the
 # next text piece, whose IDs come from the one tokenizer call made for the whole batch.
@@ -28,7 +30,7 @@ _Step = Sequence[int] | None
 
 
 def encode_prompt(
-    tokenizer: TextTokenizer, prompt: str, spans: Sequence[Span], add_bos: bool = True
+    tokenizer: TextTokenizer, prompt: str, spans: Sequence[Span], add_bos: bool | None = None
 ) -> list[int]:
     """Encode one prompt; for many prompts, one `PromptEncoder.encode_many` call is faster."""
     return PromptEncoder(tokenizer).encode(prompt, spans, add_bos=add_bos)
@@ -69,16 +71,22 @@ class PromptEncoder:
             else None
         )
 
-    def encode(self, prompt: str, spans: Sequence[Span], add_bos: bool = True) -> list[int]:
+    def encode(
+        self, prompt: str, spans: Sequence[Span], add_bos: bool | None = None
+    ) -> list[int]:
         return self.encode_many([(prompt, spans)], add_bos=add_bos)[0]
 
     def encode_many(
-        self, items: Sequence[tuple[str, Sequence[Span]]], add_bos: bool = True
+        self, items: Sequence[tuple[str, Sequence[Span]]], add_bos: bool | None = None
     ) -> list[list[int]]:
+        """`add_bos`: True or False as exllamav2 takes it; None does what the model's own
+        Hugging Face tokenizer does (Qwen2-VL's adds none, though its config.json names one)."""
         texts: list[str] = []
         plans = [self._plan(prompt, spans, texts) for prompt, spans in items]
         text_ids = iter(self._tokenizer.encode_texts(texts))
         bos_id = self._tokenizer.bos_token_id
+        if add_bos is None:
+            add_bos = self._tokenizer.adds_bos
         prefix = [bos_id] if add_bos and bos_id is not None else []
         return [_assemble(plan, prefix, text_ids) for plan in plans]
 

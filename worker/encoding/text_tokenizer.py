@@ -26,6 +26,14 @@ class TextTokenizer(Protocol):
         """The ID put before a prompt when BOS is asked for; None where the model has none."""
 
     @property
+    def adds_bos(self) -> bool:
+        """Whether the model's own Hugging Face tokenizer puts BOS before a text it encodes.
+
+        What a prompt gets when its request leaves BOS to the model: the reference processor's
+        choice, which `bos_token_id` (exllamav2's reading of config.json) does not decide.
+        """
+
+    @property
     def special_pieces(self) -> Mapping[str, int]:
         """Non-empty special-token strings and their IDs, in the order exllamav2 matches them.
 
@@ -43,16 +51,33 @@ class TextTokenizer(Protocol):
 class HFTextTokenizer:
     """A `TextTokenizer` over a Hugging Face tokenizer.json, with exllamav2's special tokens."""
 
+    # Never pads nor truncates: with either, one text's IDs would depend on the batch around it.
     backend: Tokenizer = field(repr=False)
     bos_token_id: int | None
     special_pieces: Mapping[str, int] = field(repr=False)  # read-only; Mistral has 1000
+    adds_bos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend.padding is not None or self.backend.truncation is not None:
+            raise ValueError(
+                "the tokenizer pads or truncates; prompt pieces must be encoded without either"
+            )
 
     @classmethod
     def from_model_dir(cls, model_dir: Path | str) -> HFTextTokenizer:
         files = _ModelFiles.read(Path(model_dir))
         backend = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+        # A tokenizer.json may ask for padding (to the batch's longest) or truncation; neither
+        # belongs in a prompt, whatever the file says.
+        backend.no_padding()
+        backend.no_truncation()
         special_pieces, bos_token_id = _exllamav2_special_pieces(files, backend)
-        return cls(backend, bos_token_id, MappingProxyType(special_pieces))
+        return cls(
+            backend,
+            bos_token_id,
+            MappingProxyType(special_pieces),
+            adds_bos=_hf_adds_bos(backend, bos_token_id),
+        )
 
     def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
         # What exllamav2's ExLlamaV2TokenizerHF.encode does per text, in one call for all texts;
@@ -135,6 +160,21 @@ def _exllamav2_special_pieces(
     # exllamav2 fails on an UNK piece missing from the vocabulary (it would put None into the
     # prompt) and on an empty piece (its regex then matches everywhere); both are left out.
     return {p: i for p, i in pieces.items() if p and i is not None}, bos_id
+
+
+def _hf_adds_bos(backend: Tokenizer, bos_token_id: int | None) -> bool:
+    """Whether transformers' tokenizer for these files starts an encoded text with BOS.
+
+    transformers 5 encodes with tokenizer.json's post-processor as written (a
+    `TemplateProcessing` that opens with BOS, for one); tokenizer_config.json's `add_bos_token`
+    does not change it (seen with 5.24). So the post-processor is asked, on a probe text.
+    """
+    if bos_token_id is None:
+        return False
+    probe = "a"
+    with_special = backend.encode(probe, add_special_tokens=True).ids
+    plain = backend.encode(probe, add_special_tokens=False).ids
+    return with_special[:1] == [bos_token_id] and plain[:1] != [bos_token_id]
 
 
 def _named_token_id(

@@ -27,10 +27,11 @@ class EngineConfig:
 
 def start_vision_engine(config: EngineConfig) -> VisionEngine:
     # Engines import their libraries only here, so the rest of vlmq never does.
+    # Each side loads only its own part of the model (worker/engines/exllamav2/engine.py).
     if config.kind is EngineKind.EXLLAMAV2:
-        from worker.engines.exllamav2.engine import start_exllamav2_engine
+        from worker.engines.exllamav2.engine import start_exllamav2_vision
 
-        return start_exllamav2_engine(Path(config.model_dir)).vision
+        return start_exllamav2_vision(Path(config.model_dir))
     from worker.engines.transformers.model import load_transformers_vlm
     from worker.engines.transformers.vision import TransformersVision
 
@@ -39,11 +40,11 @@ def start_vision_engine(config: EngineConfig) -> VisionEngine:
 
 def start_language_engine(config: EngineConfig) -> LanguageEngine:
     if config.kind is EngineKind.EXLLAMAV2:
-        from worker.engines.exllamav2.engine import start_exllamav2_engine
+        from worker.engines.exllamav2.engine import start_exllamav2_language
         from worker.engines.exllamav2.model import ExLlamaV2Settings
 
         settings = ExLlamaV2Settings(max_batch_size=config.max_batch_size)
-        return start_exllamav2_engine(Path(config.model_dir), settings).language
+        return start_exllamav2_language(Path(config.model_dir), settings)
     from worker.engines.transformers.language import start_transformers_engine
     from worker.engines.transformers.model import load_transformers_vlm
 

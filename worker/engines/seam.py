@@ -18,8 +18,11 @@ from PIL import Image
 from worker.generation import GenerationRequest, GenerationResult
 from worker.span import SpanLayout
 
-# How many ImageFeatures this process has received from another process (unpickled). The
-# orchestrator must move references only: its count stays zero, which the tests check.
+# How many ImageFeatures this process has unpickled, over its whole life: read it before and
+# after what you measure. It counts reads only: Ray returns results under 100 KiB inline into
+# the caller's memory and forwards them inline, unread, so a driver that passes small features
+# on counts nothing although their bytes went through it. Where features live is a question
+# for the object store (tests/support/driver_objects.py).
 _num_features_received = 0
 
 
@@ -60,3 +63,7 @@ class LanguageEngine(Protocol):
 
     def close(self) -> None:
         """Finish nothing more; fail requests still queued or running."""
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the engine's thread died, or None while it runs; a dead engine answers nothing."""

@@ -74,6 +74,12 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         raise ImageTooLargeError("bytes", len(data), limits.max_bytes)
     image_format = sniff_format(data)
     if image_format not in SUPPORTED_FORMATS:
+        cut_short = truncated_signature(data)
+        if cut_short is not None:
+            raise CorruptImageError(
+                f"the {cut_short} image is cut short: its {len(data)} bytes end inside the "
+                f"{cut_short} signature"
+            )
         raise UnsupportedImageFormatError(
             image_format,
             f"unsupported image format: {_describe(image_format)}; send JPEG, PNG, WebP or GIF",
@@ -115,6 +121,23 @@ def sniff_format(data: bytes) -> str:
     return "unknown"
 
 
+def truncated_signature(data: bytes) -> str | None:
+    """The format we accept whose signature `data` begins but ends too soon to hold, if any.
+
+    Such data is an image cut short (an interrupted upload), not some other format: "corrupt"
+    tells the user what to fix. A single byte says too little to name a format by.
+    """
+    if len(data) < 2:
+        return None
+    for signature, name in _SIGNATURES:
+        if len(data) < len(signature) and all(
+            want is None or byte == want
+            for byte, want in zip(data, signature[: len(data)], strict=True)
+        ):
+            return name
+    return None
+
+
 def _describe(image_format: str) -> str:
     if image_format == "empty":
         return "the image data is empty"
@@ -138,6 +161,17 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
     (b"\xff\x4f\xff\x51", "JPEG 2000"),
     (b"qoif", "QOI"),
+)
+
+
+# The accepted formats' signatures, byte by byte; None stands for any byte (a RIFF file carries
+# its size between "RIFF" and "WEBP").
+_SIGNATURES: tuple[tuple[tuple[int | None, ...], str], ...] = (
+    (tuple(b"\xff\xd8\xff"), "JPEG"),
+    (tuple(b"\x89PNG\r\n\x1a\n"), "PNG"),
+    (tuple(b"GIF87a"), "GIF"),
+    (tuple(b"GIF89a"), "GIF"),
+    ((*b"RIFF", None, None, None, None, *b"WEBP"), "WEBP"),
 )
 
 

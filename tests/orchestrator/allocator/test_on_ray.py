@@ -7,10 +7,12 @@ share an ID in the same epoch. Ranges are collected from all processes and check
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import signal
-import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,7 @@ from orchestrator.allocator.handle import get_or_start_allocator
 from orchestrator.allocator.range_client import ActorRangeClient, LeasedRangeClient
 from orchestrator.allocator.token_range_allocator import AllocatorStats
 from orchestrator.private_redis import PrivateRedisServer
+from tests.support.waiting import wait_for
 from worker.engines.epoch_gate import Admission, EpochGate
 from worker.errors import AllocatorStateUnavailableError, StaleEpochError
 from worker.token_range import TokenRange
@@ -46,17 +49,53 @@ def length_for(key: str) -> int:
     return 1 + sum(key.encode()) % 200
 
 
+class ProgressBoard:
+    """The workers' allocations, counted as they happen, and the word to stop."""
+
+    def __init__(self) -> None:
+        self._num_allocations = 0
+        self._is_stopped = False
+
+    def allocated(self) -> bool:
+        """Count one allocation; answer whether to go on."""
+        self._num_allocations += 1
+        return not self._is_stopped
+
+    def num_allocations(self) -> int:
+        return self._num_allocations
+
+    def stop(self) -> None:
+        self._is_stopped = True
+
+
+@contextmanager
+def workers_until_stopped(config: AllocatorConfig, num_workers: int) -> Iterator[tuple[Any, Any]]:
+    """(board, worker refs): workers that allocate until the board is stopped, which happens on
+    leaving the block, also when the test fails in it. The board takes no CPU."""
+    board_class: Any = ray.remote(num_cpus=0)(ProgressBoard)
+    board = board_class.remote()
+    try:
+        yield board, run_workers(config, num_workers, board=board)
+    finally:
+        ray.get(board.stop.remote())
+
+
 @ray.remote(num_cpus=1)
 def allocate_in_worker(
-    config: AllocatorConfig, keys: list[str], leased: bool, pause_s: float = 0.0
+    config: AllocatorConfig, keys: list[str], leased: bool, board: Any = None
 ) -> tuple[int, list[Handout]]:
+    """Allocate every key once. With a board: report each allocation to it, and after the keys
+    go on with new keys of its own until the board says stop, so the run lasts as long as the
+    test needs to see allocations before and after what it breaks."""
     allocator = get_or_start_allocator(config)
     client = LeasedRangeClient(allocator, config) if leased else ActorRangeClient(allocator)
     handouts = []
-    for key in keys:
+    more = (f"{uuid.uuid4().hex[:8]}-more-{i}" for i in itertools.count())
+    for index, key in enumerate(itertools.chain(keys, more) if board is not None else keys):
         (token_range,) = client.allocate_many([(key, length_for(key))])
         handouts.append((key, length_for(key), token_range))
-        time.sleep(pause_s)
+        if board is not None and not ray.get(board.allocated.remote()) and index >= len(keys):
+            break
     if isinstance(client, LeasedRangeClient):
         client.sync()
         # After a sync every client answers the canonical range for keys others also had.
@@ -105,19 +144,40 @@ def collect(refs: list[Any]) -> tuple[set[int], list[Handout]]:
 
 def wait_until_name_is_free(config: AllocatorConfig) -> None:
     """Ray releases a killed actor's name a moment later; a new orchestrator starts after."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def is_free() -> bool:
         try:
             ray.get_actor(config.actor_name, namespace=config.ray_namespace)
         except ValueError:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{config.actor_name} still registered 30 s after it was killed")
+            return True
+        return False
+
+    wait_for(is_free, f"{config.actor_name} released after it was killed", timeout_s=30)
 
 
 def stats_of(config: AllocatorConfig) -> AllocatorStats:
     stats: AllocatorStats = ray.get(get_or_start_allocator(config).stats.remote())
     return stats
+
+
+def wait_for_allocations(board: Any, count: int = 100) -> None:
+    """Until the workers have made `count` more allocations: they are under way."""
+    start: int = ray.get(board.num_allocations.remote())
+    wait_for(
+        lambda: ray.get(board.num_allocations.remote()) >= start + count,
+        f"{count} more allocations by the workers",
+    )
+
+
+def wait_for_an_actor_serving(config: AllocatorConfig, other_than: int) -> AllocatorStats:
+    """Until an allocator process other than `other_than` has served the running workers."""
+
+    def serving() -> bool:
+        stats = stats_of(config)  # waits for Ray to restart a killed actor
+        return stats.pid != other_than and stats.num_allocated + stats.num_leased > 0
+
+    wait_for(serving, f"an allocator other than pid {other_than} serving the workers")
+    return stats_of(config)
 
 
 def test_concurrent_processes_never_share_ids(config: AllocatorConfig) -> None:
@@ -132,16 +192,20 @@ def test_concurrent_processes_never_share_ids(config: AllocatorConfig) -> None:
 
 
 def test_killed_actor_comes_back_without_reusing_ids(config: AllocatorConfig) -> None:
-    refs = run_workers(config, num_workers=4, pause_s=0.004)
-    time.sleep(0.5)
-    first_pid = stats_of(config).pid
-    ray.kill(get_or_start_allocator(config), no_restart=False)
-    time.sleep(0.5)
-    second_pid = stats_of(config).pid
-    os.kill(second_pid, signal.SIGKILL)
+    # Each kill lands while the workers are seen allocating, and the workers go on until the
+    # restarted actor has served them: ranges from before and after every kill meet below.
+    with workers_until_stopped(config, num_workers=4) as (board, refs):
+        wait_for_allocations(board)
+        first_pid = stats_of(config).pid
+        ray.kill(get_or_start_allocator(config), no_restart=False)
+        second_pid = wait_for_an_actor_serving(config, other_than=first_pid).pid
+        wait_for_allocations(board)
+        os.kill(second_pid, signal.SIGKILL)
+        third_pid = wait_for_an_actor_serving(config, other_than=second_pid).pid
+        wait_for_allocations(board)
     _, handouts = collect(refs)
     assert assert_no_shared_ids(handouts) > 4 * 120
-    assert len({first_pid, second_pid, stats_of(config).pid}) == 3
+    assert len({first_pid, second_pid, third_pid}) == 3
     assert len({r.epoch for _, _, r in handouts}) == 1  # Redis kept the state: same epoch
 
 
@@ -159,9 +223,16 @@ def test_restarted_orchestrator_continues_above_the_stored_mark(
 
 
 def test_redis_restart_mid_run(redis_server: PrivateRedisServer, config: AllocatorConfig) -> None:
-    refs = run_workers(config, num_workers=4, pause_s=0.004)
-    time.sleep(0.5)
-    redis_server.restart()
+    with workers_until_stopped(config, num_workers=4) as (board, refs):
+        wait_for_allocations(board)
+        reservations = stats_of(config).num_reservations
+        redis_server.restart()
+        # The workers go on until the allocator has written to the restarted Redis.
+        wait_for(
+            lambda: stats_of(config).num_reservations > reservations,
+            "a reservation in the restarted Redis",
+        )
+        wait_for_allocations(board)
     _, handouts = collect(refs)
     assert assert_no_shared_ids(handouts) > 4 * 120
     assert len({r.epoch for _, _, r in handouts}) == 1  # it persists every write

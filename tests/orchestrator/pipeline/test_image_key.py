@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from orchestrator.pipeline.image_key import (
@@ -33,8 +38,20 @@ def encoded_key(
     return image_key_from_encoded(digest, fingerprint, preprocessing or PREPROCESSING).digest
 
 
-def test_same_inputs_same_key() -> None:
-    assert encoded_key() == encoded_key()
+def test_same_inputs_same_key_in_another_process() -> None:
+    # Another interpreter with another hash seed: a key built on per-process state would differ.
+    script = (
+        "from tests.orchestrator.pipeline.test_image_key import encoded_key; print(encoded_key())"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        cwd=Path(__file__).resolve().parents[3],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert other.stdout.strip() == encoded_key()
     assert len(encoded_key()) == 64
 
 

@@ -22,11 +22,12 @@ import ray
 from ray._private import state as ray_state
 
 from orchestrator.pipeline.actor_pool import ActorPool, ActorsNotReadyError, PoolConfig
+from tests.support.driver_objects import features_received_here
 from tests.support.transformers_fixtures import pattern_image
 from worker.actors.generator import GenerationCall
 from worker.actors.stats import ActorStats
 from worker.encoding.text_tokenizer import HFTextTokenizer
-from worker.engines import EngineConfig, num_features_received
+from worker.engines import EngineConfig
 from worker.errors import AliasWithoutSpanError, JobError
 from worker.images.visual_tokens import visual_layout
 from worker.images.vlm_family import detect_family, read_image_params
@@ -116,6 +117,7 @@ def test_an_actor_asking_for_more_gpus_than_exist_waits_and_the_pool_says_so(
         num_generator_actors=1,
         gpus_per_vision_actor=0.5,
         gpus_per_generator_actor=3,
+        gpus_may_join=True,  # as on an autoscaling cluster: not refused up front, it waits
     )
     prefix = pool.config.name_prefix
     stats(pool.vision[0])  # the vision actor fits and starts
@@ -165,26 +167,29 @@ def test_features_go_from_vision_to_generator_by_reference(
     span = Span("<$IMG_cat$>", TokenRange(0, RESERVED_ID_BASE, layout.num_rows), layout)
     received_before = stats(generator).num_features_received
 
-    results = ray.get(
-        [
-            generator.generate.remote(
-                GenerationCall(
-                    f"by-ref-{i}",
-                    f"[INST]Question {i} about <$IMG_cat$>?[/INST]",
-                    (span,),
-                    SamplingParams(max_new_tokens=4),
-                ),
-                features,  # an ObjectRef: Ray resolves it in the generator's process
-            )
-            for i in range(2)
-        ],
-        timeout=120,
-    )
+    with features_received_here() as in_driver:
+        results = ray.get(
+            [
+                generator.generate.remote(
+                    GenerationCall(
+                        f"by-ref-{i}",
+                        f"[INST]Question {i} about <$IMG_cat$>?[/INST]",
+                        (span,),
+                        SamplingParams(max_new_tokens=4),
+                    ),
+                    features,  # an ObjectRef: Ray resolves it in the generator's process
+                )
+                for i in range(2)
+            ],
+            timeout=120,
+        )
 
     assert [r.num_completion_tokens for r in results] == [4, 4]
     assert stats(generator).num_features_received == received_before + 2
     assert stats(vision).num_features_received == 0  # it pickles features; it never reads any
-    assert num_features_received() == 0  # the driver held references only
+    # Read in the driver's own process only: these small features are inlined by Ray (see
+    # tests/orchestrator/pipeline/test_features_stay_off_driver.py for object-store sizes).
+    assert in_driver.count == 0  # the driver unpickled none
 
 
 def test_a_job_error_in_an_actor_reaches_the_caller_typed_and_the_actor_stays(

@@ -200,6 +200,9 @@ EXAMPLES: list[tuple[str, list[str]]] = [
     ("<tool_call><image></tool_call>#!#[IMG[IMG]", ["<image>"]),
     ("eee e<image>e", ["<image>"]),
     ("\n\n  spaces   and\ttabs\n<image>\n", ["<image>"]),
+    # exllamav2's aliases have ASCII digits; these are text to it (Arabic-Indic and fullwidth 3).
+    ("<$EMB_\u0663$> and <$EMB_\uff13$> are text", []),
+    ("<$EMB_\u0663$><image>", ["<image>"]),
 ]
 
 

@@ -41,6 +41,10 @@ class _CountingTokenizer:
         return self.inner.bos_token_id
 
     @property
+    def adds_bos(self) -> bool:
+        return self.inner.adds_bos
+
+    @property
     def special_pieces(self) -> Mapping[str, int]:
         return self.inner.special_pieces
 
@@ -150,6 +154,29 @@ def test_no_bos_where_the_model_has_none(tmp_path: Path) -> None:
     assert encode_prompt(tokenizer, "Hi <image>", spans, add_bos=True) == encode_prompt(
         tokenizer, "Hi <image>", spans, add_bos=False
     )
+
+
+@dataclass
+class _SaysBos(_CountingTokenizer):
+    """The real tokenizer, with the model's own BOS choice of the test's choosing."""
+
+    says: bool = False
+
+    @property
+    def adds_bos(self) -> bool:
+        return self.says
+
+
+@pytest.mark.parametrize("says", [True, False])
+def test_bos_left_to_the_model_is_its_tokenizers_choice(
+    tiny_tokenizer: HFTextTokenizer, says: bool
+) -> None:
+    encoder = PromptEncoder(_SaysBos(tiny_tokenizer, says=says))
+    prompt, spans = "A <image> B", [_span("<image>")]
+    assert encoder.encode(prompt, spans) == encoder.encode(prompt, spans, add_bos=says)
+    assert encoder.encode_many([(prompt, spans)]) == [encoder.encode(prompt, spans, add_bos=says)]
+    # An explicit choice wins over the model's.
+    assert encoder.encode(prompt, spans, add_bos=not says) != encoder.encode(prompt, spans)
 
 
 ITEMS: list[tuple[str, list[Span]]] = [

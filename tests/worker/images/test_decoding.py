@@ -267,6 +267,27 @@ def test_truncated_images_are_corrupt(image_format: str) -> None:
             decode_image(data[:cut], LIMITS)
 
 
+@pytest.mark.parametrize(
+    ("image_format", "signature_length"), [("JPEG", 3), ("PNG", 8), ("WEBP", 12), ("GIF", 6)]
+)
+def test_images_cut_inside_their_signature_are_corrupt(
+    image_format: str, signature_length: int
+) -> None:
+    data = _valid(image_format)
+    for cut in range(2, signature_length):
+        with pytest.raises(CorruptImageError, match=f"the {image_format} image is cut short"):
+            decode_image(data[:cut], LIMITS)
+
+
+@pytest.mark.parametrize(
+    "data", [b"\x89", b"G", b"\x89PNG\r\n\x1a\r", b"GIF8b", b"RIFX", b"RIFF\x24\0\0\0WAVEfmt "]
+)
+def test_what_only_resembles_a_signature_stays_unknown(data: bytes) -> None:
+    with pytest.raises(UnsupportedImageFormatError) as caught:
+        decode_image(data, LIMITS)
+    assert caught.value.detected_format == "unknown"
+
+
 def test_damaged_png_data_is_corrupt() -> None:
     data = bytearray(_valid("PNG"))
     data[data.index(b"IDAT") + 40] ^= 0xFF  # inside the compressed pixels: its CRC no longer fits

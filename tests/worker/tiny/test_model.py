@@ -1,10 +1,12 @@
 """The tiny VLMs: reproducible bytes, loadable by transformers and by exllamav2's config and
 tokenizer, with a real forward pass through each family's image processor.
 
-transformers 5.24's PixtralProcessor and Qwen2VLProcessor need torchvision, which the CPU set-up
-does not install; so the forward pass here uses the family's PIL image processor and tokenizer
-and expands each image placeholder as those processors document it. Where torchvision is
-installed, one test checks that expansion against AutoProcessor itself.
+The forward pass here uses the family's PIL image processor and tokenizer and expands each
+image placeholder as the family's processor documents it. One test checks that expansion, token
+for token, and the pixel values against the processor itself: AutoProcessor where torchvision is
+installed; without it (the CPU set-up), which AutoProcessor needs for both families in
+transformers 5.24, the same PixtralProcessor / Qwen2VLProcessor classes built from the model
+directory's files (tests/support/hf_processors.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from safetensors import safe_open
 from tokenizers import Tokenizer
 
 from tests.support.exllamav2_cpu import ExLlamaV2Config, ExLlamaV2Tokenizer
+from tests.support.hf_processors import hf_processor
 from worker.encoding.text_tokenizer import HFTextTokenizer
 from worker.tiny.model import (
     TINY_MODEL_FAMILIES,
@@ -207,12 +210,11 @@ def _chat_prompt(model_dir: Path, num_images: int, question: str) -> str:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     template = json.loads((model_dir / "chat_template.json").read_text())["chat_template"]
     content = [{"type": "image"}] * num_images + [{"type": "text", "text": question}]
-    prompt: str = tokenizer.apply_chat_template(
-        [{"role": "user", "content": content}],
-        chat_template=template,
-        add_generation_prompt=True,
-        tokenize=False,
+    messages: Any = [{"role": "user", "content": content}]  # typed stubs want text content
+    prompt = tokenizer.apply_chat_template(
+        messages, chat_template=template, add_generation_prompt=True, tokenize=False
     )
+    assert isinstance(prompt, str)
     return prompt
 
 
@@ -220,9 +222,12 @@ def _model_inputs(
     family: TinyModelFamily, model_dir: Path, prompt: str, images: Sequence[Image.Image]
 ) -> dict[str, torch.Tensor]:
     """What the family's processor gives: pixels, and each placeholder expanded to its rows."""
-    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    processor = AutoImageProcessor.from_pretrained(model_dir)
+    # Not `transformers.AutoImageProcessor`: without torchvision, 5.17 exports a placeholder there.
+    from transformers.models.auto.image_processing_auto import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(model_dir)  # type: ignore[no-untyped-call]
     pixels = dict(processor(images=list(images), return_tensors="pt"))
     placeholder = _PLACEHOLDER[family]
     pieces = prompt.split(placeholder)
@@ -250,6 +255,20 @@ def _image_rows(family: TinyModelFamily, pixels: dict[str, torch.Tensor], index:
     # One <|image_pad|> per 2 x 2 group of patches.
     grid_t, grid_h, grid_w = (int(v) for v in pixels["image_grid_thw"][index])
     return "<|image_pad|>" * (grid_t * grid_h * grid_w // 4)
+
+
+def test_the_placeholder_expansion_is_the_family_processors(
+    family: TinyModelFamily, model_dir: Path
+) -> None:
+    prompt = _chat_prompt(model_dir, 2, "What differs between these pictures?")
+    images = [_pattern_image(70, 45, shift=0), _pattern_image(40, 90, shift=7)]
+    ours = _model_inputs(family, model_dir, prompt, images)
+    theirs = hf_processor(model_dir, family)(text=[prompt], images=images, return_tensors="pt")
+    assert theirs["input_ids"].tolist() == ours["input_ids"].tolist()
+    pixel_keys = {"pixtral": ("pixel_values", "image_sizes"),
+                  "qwen2-vl": ("pixel_values", "image_grid_thw")}[family]
+    for key in pixel_keys:
+        assert torch.equal(torch.as_tensor(theirs[key]), torch.as_tensor(ours[key])), key
 
 
 def _last_logits(hf_model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from worker.errors import InvalidRequestError
 from worker.generation import FinishReason, GenerationRequest, GenerationResult, Timings
 from worker.sampling import SamplingParams
 
@@ -33,16 +34,22 @@ def sampler_settings(params: SamplingParams) -> Any:
         return ExLlamaV2Sampler.Settings.greedy()
     # exllamav2 switches to greedy below temperature 0.01 and reads top_k 0 and top_p 1 as off,
     # as vlmq does; its other filters default to off, its repetition penalty does not.
+    # SamplingParams bounds these to what its float32 sampler survives (worker/sampling.py).
     return ExLlamaV2Sampler.Settings(
-        temperature=params.temperature,
-        top_k=params.top_k,
-        top_p=params.top_p,
+        temperature=float(params.temperature),
+        top_k=int(params.top_k),
+        top_p=float(params.top_p),
         token_repetition_penalty=1.0,
     )
 
 
 def stop_conditions(params: SamplingParams, eos_token_ids: Collection[int]) -> list[int | str]:
-    return [*sorted(eos_token_ids), *params.stop_strings]
+    # exllamav2 takes an int here as a stop token: a stop "string" that is no str (an unpickled
+    # SamplingParams skips its checks) must fail its request, not stop at that token ID.
+    strings = params.stop_strings
+    if not isinstance(strings, tuple) or any(not isinstance(s, str) or not s for s in strings):
+        raise InvalidRequestError("stop_strings must be a tuple of non-empty str")
+    return [*sorted(eos_token_ids), *strings]
 
 
 def make_job(

@@ -9,6 +9,11 @@ The epoch rule (`worker/engines/epoch_gate.py`): a request whose ranges are of a
 until the generator has finished every running request, then the whole page table is reset before it
 starts. A narrower drop is not safe: a page's hash covers every token before it, so a page
 whose ancestors held image IDs can still be matched after those ancestors were reused.
+
+The thread survives anything one request does: what one request brings (its epochs, its
+prompt, its job, its results) fails that request alone; a failed `iterate()` fails the requests
+it ran. If the thread dies anyway, every request it holds fails with `EngineDiedError`, later
+ones fail at once, and `failure` says why: the process that owns the engine must go.
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ from worker.engines.epoch_gate import Admission, EpochGate
 from worker.engines.exllamav2.embeddings import EmbeddingCache, request_embeddings
 from worker.engines.exllamav2.jobs import FinishedJob, JobStream, make_job
 from worker.engines.exllamav2.model import ExLlamaV2Settings, ExLlamaV2Vlm, has_paged_attention
+from worker.engines.live_requests import LiveRequests, died
 from worker.errors import (
     EngineClosedError,
     InvalidRequestError,
     PromptTooLongError,
-    StaleEpochError,
+    VlmqError,
 )
 from worker.generation import GenerationRequest, GenerationResult
 
@@ -71,7 +77,7 @@ def make_generator(vlm: ExLlamaV2Vlm, settings: ExLlamaV2Settings) -> Any:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # by identity: a request need not hash
 class _Submitted:
     request: GenerationRequest
     future: Future[GenerationResult]
@@ -101,30 +107,32 @@ class ExLlamaV2Language:
         self._waiting: deque[_Submitted] = deque()  # received, not yet in the generator
         self._streams: dict[int, tuple[_Submitted, JobStream]] = {}  # by job serial
         self._reset_pending = False  # a newer epoch waits for the generator to drain
-        self._closed = threading.Event()
-        self._lock = threading.Lock()  # no request slips in while close() drains the queue
+        self._live: LiveRequests[_Submitted] = LiveRequests()
         self._thread = threading.Thread(target=self._run, name=f"vlmq-{vlm.family}", daemon=True)
         self._thread.start()
 
+    @property
+    def failure(self) -> BaseException | None:
+        """What killed the engine's thread; None while it runs and after a clean close."""
+        return self._live.failure
+
     def submit(self, request: GenerationRequest) -> Future[GenerationResult]:
         future: Future[GenerationResult] = Future()
-        with self._lock:
-            if self._closed.is_set():
-                future.set_exception(EngineClosedError("the engine is closed"))
-            else:
-                self._incoming.put(_Submitted(request, future, time.time()))
+        submitted = _Submitted(request, future, time.time())
+        self._live.admit(submitted, future, self._incoming.put)
         return future
 
     def close(self) -> None:
-        with self._lock:
-            self._closed.set()
-            self._incoming.put(None)
+        self._live.close(lambda: self._incoming.put(None))
         self._thread.join()
         for submitted, _ in self._streams.values():
             _fail(submitted.future, EngineClosedError("the engine closed while it ran"))
         self._streams.clear()
-        if self.generator.num_remaining_jobs():
-            self.generator.clear_queue()
+        try:
+            if self.generator.num_remaining_jobs():
+                self.generator.clear_queue()
+        except Exception:  # after the thread died of it, say so and fail the rest anyway
+            log.exception("could not clear exllamav2's queue on close")
         while True:
             try:
                 late = self._incoming.get_nowait()
@@ -135,6 +143,8 @@ class ExLlamaV2Language:
         for waiting in self._waiting:
             _fail(waiting.future, EngineClosedError("the engine closed first"))
         self._waiting.clear()
+        for left in self._live.snapshot():  # one the thread held when it stopped
+            _fail(left.future, EngineClosedError("the engine closed first"))
 
     def recent_finished(self) -> list[FinishedJob]:
         """The latest finished requests, oldest first, with their prefix-cache use."""
@@ -159,11 +169,25 @@ class ExLlamaV2Language:
         return ids, embeddings
 
     def _run(self) -> None:
-        while not self._closed.is_set():
-            self._receive()
-            self._start_waiting()
-            if self.generator.num_remaining_jobs() and not self._closed.is_set():
-                self._step()
+        try:
+            while not self._live.closed.is_set():
+                self._receive()
+                self._start_waiting()
+                if self.generator.num_remaining_jobs() and not self._live.closed.is_set():
+                    self._step()
+        except BaseException as error:  # the thread ends either way: say why, fail its work
+            self._die(error)
+
+    def _die(self, error: BaseException) -> None:
+        log.critical("engine thread %s died", self._thread.name, exc_info=error)
+        for submitted in self._live.die(error):
+            _fail(submitted.future, died(error))
+        self._streams.clear()
+        self._waiting.clear()
+        try:
+            self.generator.clear_queue()
+        except Exception:
+            log.exception("could not clear exllamav2's queue after the thread died")
 
     def _receive(self) -> None:
         """Take submitted requests; block only when there is nothing else to do."""
@@ -190,9 +214,9 @@ class ExLlamaV2Language:
             submitted = self._waiting[0]
             try:
                 admission = self.epoch_gate.admit(s.token_range for s in submitted.request.spans)
-            except StaleEpochError as error:
+            except Exception as error:  # stale, or ranges that cannot be read: it fails alone
                 self._waiting.popleft()
-                _fail(submitted.future, error)
+                _fail_alone(submitted, error)
                 continue
             if admission is Admission.ADVANCED:
                 self._reset_pending = True
@@ -210,7 +234,7 @@ class ExLlamaV2Language:
             job = make_job(request, ids, embeddings, self.vlm.eos_token_ids)
             serial = self.generator.enqueue(job)
         except Exception as error:  # the request's own fault or not, it fails alone
-            _fail(submitted.future, error)
+            _fail_alone(submitted, error)
             return
         stream = JobStream(request, waited_s=time.time() - submitted.submitted_at)
         self._streams[serial] = (submitted, stream)
@@ -229,20 +253,38 @@ class ExLlamaV2Language:
                 log.exception("could not clear exllamav2's queue after a failed step")
             return
         for result in results:
-            serial = result["serial"]
-            if serial not in self._streams:
-                continue
+            serial = _serial(result)
+            if serial is None or serial not in self._streams:
+                continue  # not a job of ours (or unreadable): its later results will tell
             submitted, stream = self._streams[serial]
             try:
                 finished = stream.receive(result)
             except Exception as error:  # a final result this engine cannot read
                 del self._streams[serial]
-                _fail(submitted.future, error)
+                _fail_alone(submitted, error)
                 continue
             if finished is not None:
                 del self._streams[serial]
                 self._recent.append(finished)
                 submitted.future.set_result(finished.result)
+
+
+def _serial(result: object) -> int | None:
+    """The job serial a result dict of `iterate()` carries, or None if it carries none."""
+    if not isinstance(result, dict):
+        log.error("exllamav2 returned a result that is not a dict: %r", type(result))
+        return None
+    serial = result.get("serial")
+    if not isinstance(serial, int):
+        log.error("exllamav2 returned a result without a job serial: %r", list(result))
+        return None
+    return serial
+
+
+def _fail_alone(submitted: _Submitted, error: Exception) -> None:
+    if not isinstance(error, VlmqError):  # vlmq's own errors say enough; anything else not
+        log.error("request %s failed", submitted.request.request_id, exc_info=error)
+    _fail(submitted.future, error)
 
 
 def _fail(future: Future[GenerationResult], error: BaseException) -> None:

@@ -17,8 +17,9 @@ from typing import Protocol
 
 import torch
 
+from worker.engines.live_requests import LiveRequests, died
 from worker.engines.transformers.sequence import Sequence
-from worker.errors import EngineClosedError
+from worker.errors import EngineClosedError, VlmqError
 from worker.generation import GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
@@ -46,43 +47,67 @@ class StepModel(Protocol):
 
 
 class DynamicBatcher:
+    """Runs requests on one thread that survives anything one request does.
+
+    A request that raises in its own processing (prefill, sampling, stop strings, release)
+    fails alone; a decode step that raises fails the sequences it advanced. If the thread dies
+    anyway (a bug, a BaseException), every request it holds fails with `EngineDiedError`, later
+    ones fail at once, and `failure` says why: the process that owns the engine must go.
+    """
+
     def __init__(self, model: StepModel, name: str = "vlmq-engine") -> None:
         self._model = model
         self._incoming: queue.SimpleQueue[Sequence | None] = queue.SimpleQueue()
-        self._running: list[Sequence] = []
-        self._closed = threading.Event()
+        self._running: list[Sequence] = []  # the engine thread's own, until close() joins it
+        self._live: LiveRequests[Sequence] = LiveRequests()
         self.num_steps = 0
         self.max_batch_seen = 0  # largest number of sequences one decode step advanced
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
+    @property
+    def failure(self) -> BaseException | None:
+        """What killed the engine's thread; None while it runs and after a clean close."""
+        return self._live.failure
+
     def submit(self, request: GenerationRequest) -> Future[GenerationResult]:
         future: Future[GenerationResult] = Future()
-        if self._closed.is_set():
-            future.set_exception(EngineClosedError("the engine is closed"))
+        try:
+            sequence = Sequence(request, future, self._model.decode_text)
+        except Exception as error:  # the request's own fault: it fails before it is queued
+            future.set_exception(error)
             return future
-        self._incoming.put(Sequence(request, future, self._model.decode_text))
+        self._live.admit(sequence, future, self._incoming.put)
         return future
 
     def close(self) -> None:
-        self._closed.set()
-        self._incoming.put(None)
+        self._live.close(lambda: self._incoming.put(None))
         self._thread.join()
         for sequence in self._running:
             self._fail(sequence, EngineClosedError("the engine closed while it ran"))
+        self._running = []
+        for sequence in self._live.snapshot():
+            self._fail(sequence, EngineClosedError("the engine closed first"))
         while True:
             try:
-                pending = self._incoming.get_nowait()
+                self._incoming.get_nowait()
             except queue.Empty:
                 break
-            if pending is not None:
-                pending.future.set_exception(EngineClosedError("the engine closed first"))
 
     def _run(self) -> None:
-        while not self._closed.is_set():
-            self._admit()
-            if self._running and not self._closed.is_set():
-                self._step()
+        try:
+            while not self._live.closed.is_set():
+                self._admit()
+                if self._running and not self._live.closed.is_set():
+                    self._step()
+        except BaseException as error:  # the thread ends either way: say why, fail its work
+            self._die(error)
+
+    def _die(self, error: BaseException) -> None:
+        log.critical("engine thread %s died", self._thread.name, exc_info=error)
+        for sequence in self._live.die(error):
+            self._fail(sequence, died(error))
+        self._running = []
 
     def _admit(self) -> None:
         """Prefill waiting requests while the batch has room; block only when idle."""
@@ -100,17 +125,21 @@ class DynamicBatcher:
         sequence.prefill_started_at = time.perf_counter()
         try:
             logits = self._model.prefill(sequence)
+            sequence.decode_started_at = time.perf_counter()
+            self._advance(sequence, logits)
         except Exception as error:  # the request's own fault or not, it fails alone
-            self._fail(sequence, error)
+            self._fail_alone(sequence, error)
             return
-        sequence.decode_started_at = time.perf_counter()
-        self._advance(sequence, logits)
-        if not sequence.is_finished:
+        if not sequence.future.done():
             self._running.append(sequence)
 
     def _step(self) -> None:
         try:
             logits = self._model.decode(self._running)
+            if logits.shape[0] != len(self._running):
+                raise RuntimeError(
+                    f"decode returned {logits.shape[0]} rows for {len(self._running)} sequences"
+                )
         except Exception as error:
             log.exception("decode step failed; failing its %d sequences", len(self._running))
             for sequence in self._running:
@@ -120,8 +149,12 @@ class DynamicBatcher:
         self.num_steps += 1
         self.max_batch_seen = max(self.max_batch_seen, len(self._running))
         for sequence, row in zip(self._running, logits, strict=True):
-            self._advance(sequence, row)
-        self._running = [s for s in self._running if not s.is_finished]
+            try:
+                self._advance(sequence, row)
+            except Exception as error:  # one sequence's sampling or stop check: it alone
+                self._fail_alone(sequence, error)
+        # Finished and failed sequences alike have their future resolved.
+        self._running = [s for s in self._running if not s.future.done()]
 
     def _advance(self, sequence: Sequence, logits: torch.Tensor) -> None:
         sequence.append(sequence.sampler.next_token(logits), self._model.eos_token_ids)
@@ -129,7 +162,15 @@ class DynamicBatcher:
             self._model.release(sequence)
             sequence.future.set_result(sequence.result())
 
+    def _fail_alone(self, sequence: Sequence, error: Exception) -> None:
+        if not isinstance(error, VlmqError):  # vlmq's own errors say enough; anything else not
+            log.exception("request %s failed", sequence.request.request_id)
+        self._fail(sequence, error)
+
     def _fail(self, sequence: Sequence, error: BaseException) -> None:
-        self._model.release(sequence)
+        try:
+            self._model.release(sequence)
+        except Exception:
+            log.exception("could not release request %s", sequence.request.request_id)
         if not sequence.future.done():
             sequence.future.set_exception(error)

@@ -63,8 +63,6 @@ class TransformersStepModel:
 
     def prompt_logits(self, sequence: Sequence) -> tuple[torch.Tensor, _KvState]:
         """Logits at every prompt position, [prompt, vocab], and the cache the prompt left."""
-        from transformers import DynamicCache
-
         request = sequence.request
         ids = self.encode(sequence)
         id_tensor = torch.tensor(ids, dtype=torch.long)
@@ -73,16 +71,12 @@ class TransformersStepModel:
             self.vlm.embed_tokens,
         )
         position_ids, rope_delta = self._prompt_positions(ids, request.spans)
+        cache = self.vlm.new_cache()
         with torch.inference_mode():
-            output = self.vlm.model(
-                inputs_embeds=embeds[None],
-                position_ids=position_ids,
-                cache=DynamicCache(),
-                use_cache=True,
-            )
+            output = self.vlm.forward(cache, inputs_embeds=embeds[None], position_ids=position_ids)
         state = _KvState(
-            keys=[layer.keys for layer in output.cache.layers],
-            values=[layer.values for layer in output.cache.layers],
+            keys=[layer.keys for layer in cache.layers],
+            values=[layer.values for layer in cache.layers],
             length=len(ids),
             rope_delta=rope_delta,
         )
@@ -95,13 +89,11 @@ class TransformersStepModel:
         return logits[-1]
 
     def decode(self, sequences: list[Sequence]) -> torch.Tensor:
-        from transformers import DynamicCache
-
         states = [self._states[id(s)] for s in sequences]
         longest = max(state.length for state in states)
         num_layers = len(states[0].keys)
-        cache = DynamicCache(
-            ddp_cache_data=[
+        cache = self.vlm.new_cache(
+            [
                 (
                     torch.cat([_left_pad(s.keys[layer], longest) for s in states]),
                     torch.cat([_left_pad(s.values[layer], longest) for s in states]),
@@ -118,17 +110,16 @@ class TransformersStepModel:
         if self.vlm.family is VlmFamily.QWEN2_VL:
             positions = positions[None].expand(3, -1, -1)  # [3, batch, 1]: t, h, w alike
         with torch.inference_mode():
-            output = self.vlm.model(
+            output = self.vlm.forward(
+                cache,
                 inputs_embeds=self.vlm.embed_tokens(last_tokens),
                 attention_mask=attention_mask,
                 position_ids=positions,
-                cache=cache,
-                use_cache=True,
             )
         for row, state in enumerate(states):
             start = longest - state.length
-            state.keys = [layer.keys[row : row + 1, :, start:] for layer in output.cache.layers]
-            state.values = [layer.values[row : row + 1, :, start:] for layer in output.cache.layers]
+            state.keys = [layer.keys[row : row + 1, :, start:] for layer in cache.layers]
+            state.values = [layer.values[row : row + 1, :, start:] for layer in cache.layers]
             state.length += 1
         return self._in_vocabulary(output.logits[:, -1])
 

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Collection
 from concurrent.futures import Future
 
+from worker.errors import InvalidRequestError
 from worker.generation import FinishReason, GenerationRequest, GenerationResult, Timings
 from worker.sampling import Sampler
 
@@ -20,6 +21,7 @@ class Sequence:
         self.request = request
         self.future = future
         self.sampler = Sampler(request.sampling)
+        self.stop_strings = _checked_stop_strings(request)
         self.completion_ids: list[int] = []
         self.text = ""
         self.finish_reason: FinishReason | None = None
@@ -44,7 +46,7 @@ class Sequence:
             return
         self.completion_ids.append(token_id)
         self.text = self._decode(self.completion_ids)
-        stop_at = self._first_stop_string()
+        stop_at = first_stop_string(self.text, self.stop_strings)
         if stop_at is not None:
             self.text = self.text[:stop_at]
             self.finish_reason = FinishReason.STOP_STRING
@@ -68,7 +70,21 @@ class Sequence:
             ),
         )
 
-    def _first_stop_string(self) -> int | None:
-        found = [self.text.find(s) for s in self.request.sampling.stop_strings]
-        found = [index for index in found if index >= 0]
-        return min(found) if found else None
+
+def first_stop_string(text: str, stop_strings: tuple[str, ...]) -> int | None:
+    """Where the earliest stop string begins in `text`, or None."""
+    found = [index for s in stop_strings if (index := text.find(s)) >= 0]
+    return min(found) if found else None
+
+
+def _checked_stop_strings(request: GenerationRequest) -> tuple[str, ...]:
+    # SamplingParams checks them, but an unpickled one skips its __post_init__; an empty
+    # string would end every text at once and a non-str would raise on every token.
+    stop_strings = request.sampling.stop_strings
+    if not isinstance(stop_strings, tuple) or any(
+        not isinstance(s, str) or not s for s in stop_strings
+    ):
+        raise InvalidRequestError(
+            f"request {request.request_id}: stop_strings must be a tuple of non-empty str"
+        )
+    return stop_strings

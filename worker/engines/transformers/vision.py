@@ -2,7 +2,10 @@
 
 The layout comes from `worker/images/visual_tokens.py`, the rule both engines share (exllamav2's
 resizing). transformers' processors round Pixtral images to one patch where exllamav2 rounds
-to two, so the image is resized to the shared size first; the processor then keeps it.
+to two, so the image is resized to the shared size first, bicubically as both references
+resize; the processor then keeps it. docs/PREPROCESSING.md says where the rules differ and what
+that costs; tests/worker/engines/transformers/test_preprocessing_reference.py holds the pixels
+to exllamav2's and transformers' own.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import json
 import random
+import threading
+import types
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
@@ -22,15 +24,22 @@ from bench import gpu_check
 from tests.support.exllamav2_cpu import ScriptedGenerator
 from tests.support.transformers_fixtures import pattern_image
 from worker.encoding.prompt_encoder import PromptEncoder
+from worker.engines import EngineKind
 from worker.engines.exllamav2.embeddings import (
     EmbeddingCache,
     assemble_span_rows,
     place_embedding,
     request_embeddings,
 )
+from worker.engines.exllamav2.engine import start_exllamav2_language, start_exllamav2_vision
 from worker.engines.exllamav2.jobs import JobStream, make_job, sampler_settings
 from worker.engines.exllamav2.language import ExLlamaV2Language
-from worker.engines.exllamav2.model import ExLlamaV2Settings, ExLlamaV2Vlm, load_exllamav2_vlm
+from worker.engines.exllamav2.model import (
+    ExLlamaV2Settings,
+    ExLlamaV2Vlm,
+    Part,
+    load_exllamav2_vlm,
+)
 from worker.engines.exllamav2.vision import ExLlamaV2Vision
 from worker.engines.transformers.model import TransformersVlm
 from worker.engines.transformers.vision import TransformersVision
@@ -53,6 +62,7 @@ from worker.token_range import RESERVED_ID_BASE, TokenRange
 exllamav2_embeddings = importlib.import_module("exllamav2.generator.dynamic_embeddings")
 exllamav2_pixtral = importlib.import_module("exllamav2.vlm.processor.pixtral")
 exllamav2_qwen2 = importlib.import_module("exllamav2.vlm.processor.qwen2")
+exllamav2_dynamic = importlib.import_module("exllamav2.generator.dynamic")
 
 SETTINGS = ExLlamaV2Settings(cache_tokens=4096, max_batch_size=4)
 
@@ -112,18 +122,143 @@ def test_settings_refuse_sizes_exllamav2_cannot_take(settings: dict[str, int]) -
         ExLlamaV2Settings(**settings)
 
 
+class RecordingLoader:
+    """The `WeightLoader` seam: records what it was asked to put on the GPU, loads nothing."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def load_vision(self, vision_tower: Any) -> None:
+        self.calls.append(f"vision {type(vision_tower).__name__}")
+
+    def load_language(self, model: Any, cache_tokens: int) -> Any:
+        self.calls.append(f"language {type(model).__name__} cache {cache_tokens}")
+        return types.SimpleNamespace(max_seq_len=cache_tokens, batch_size=1)
+
+
+def engine_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("vlmq-")}
+
+
+def test_the_vision_side_loads_the_tower_only(exl: ExLlamaV2Vlm) -> None:
+    """No text model, no KV cache, no generator or its thread in a vision actor."""
+    loader, threads = RecordingLoader(), engine_threads()
+    vision = start_exllamav2_vision(exl.model_dir, SETTINGS, loader=loader)
+    assert loader.calls == ["vision ExLlamaV2VisionTower"]
+    assert (vision.vlm.model, vision.vlm.cache, vision.vlm.parts) == (None, None, Part.VISION)
+    assert engine_threads() == threads
+    assert vision.layout_for(40, 40) == ExLlamaV2Vision(exl).layout_for(40, 40)
+
+
+def test_the_language_side_loads_the_text_model_and_cache_only(exl: ExLlamaV2Vlm) -> None:
+    loader = RecordingLoader()
+    generator = ScriptedGenerator(exl.tokenizer, {"a": completion(exl, 2, 0)})
+    engine = start_exllamav2_language(exl.model_dir, SETTINGS, loader=loader, generator=generator)
+    try:
+        assert loader.calls == [f"language ExLlamaV2 cache {SETTINGS.cache_tokens}"]
+        assert engine.vlm.vision_tower is None and engine.vlm.parts is Part.LANGUAGE
+        assert engine.vlm.cache.max_seq_len == SETTINGS.cache_tokens
+        result = engine.submit(GenerationRequest("a", "hello", (), ())).result(timeout=30)
+        assert result.text == expected_text(exl, completion(exl, 2, 0)[:-1])
+    finally:
+        engine.close()
+
+
+def with_context(exl: ExLlamaV2Vlm, directory: Path, context: int) -> Path:
+    """A copy of `exl`'s model directory whose config claims a context of `context` tokens."""
+    directory.mkdir()
+    for source in exl.model_dir.iterdir():
+        (directory / source.name).symlink_to(source)
+    raw = json.loads((exl.model_dir / "config.json").read_text())
+    for section in (raw, raw.get("text_config") or {}):
+        if "max_position_embeddings" in section:
+            section["max_position_embeddings"] = context
+    (directory / "config.json").unlink()
+    (directory / "config.json").write_text(json.dumps(raw))
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("context", "settings", "match"),
+    [
+        (8192, {"cache_tokens": 1024}, "max_chunk_size 2048 exceeds the context of 1024 tokens"),
+        (8192, {"max_seq_len": 1024}, "exceeds the context of 1024 tokens"),
+        (1024, {}, r"the model's 1024"),
+        (8192, {"max_batch_size": 257}, "max_batch_size 257 needs 8 tokens"),
+        (8192, {"max_batch_size": 64, "max_chunk_size": 256}, "more than max_chunk_size 256"),
+        (8192, {"paged": True}, "flash-attn"),
+    ],
+)
+def test_settings_that_exllamav2s_generator_would_assert_on_are_refused_before_loading(
+    exl: ExLlamaV2Vlm, tmp_path: Path, context: int, settings: dict[str, Any], match: str
+) -> None:
+    model_dir = with_context(exl, tmp_path / "model", context)
+    loader = RecordingLoader()
+    with pytest.raises(ValueError, match=match):
+        load_exllamav2_vlm(model_dir, ExLlamaV2Settings(**settings), parts=Part.LANGUAGE,
+                           loader=loader)
+    assert loader.calls == []  # refused before any weight moved
+    # The vision side has no cache and no generator: the same settings are fine there.
+    load_exllamav2_vlm(model_dir, ExLlamaV2Settings(**settings), parts=Part.VISION,
+                       load_weights=False)
+
+
+GENERATOR_SETTINGS: list[dict[str, Any]] = [
+    {"cache_tokens": c, "max_chunk_size": k, "max_batch_size": b}
+    for c in (256, 1024, 4096) for k in (256, 512, 2048, 4096) for b in (1, 32, 33, 64, 512)
+]
+
+
+@pytest.mark.parametrize("context", [512, 2048, 8192])
+def test_settings_pass_the_check_exactly_when_exllamav2s_generator_takes_them(
+    exl: ExLlamaV2Vlm, tmp_path: Path, context: int
+) -> None:
+    """exllamav2's own `ExLlamaV2DynamicGenerator.__init__` (unpaged: paged needs flash-attn)
+    on a stand-in for the loaded model: its config as `load_autosplit` leaves it (max_input_len
+    cut to max_seq_len) and a cache of cache_tokens."""
+    model_dir = with_context(exl, tmp_path / "model", context)
+    agreed = 0
+    for fields in GENERATOR_SETTINGS:
+        settings = ExLlamaV2Settings(**fields)
+        try:
+            vlm = load_exllamav2_vlm(model_dir, settings, parts=Part.LANGUAGE, load_weights=False)
+        except ValueError:
+            ours = False
+            vlm = load_exllamav2_vlm(model_dir, settings, parts=Part.VISION, load_weights=False)
+        else:
+            ours = True
+        config = vlm.config
+        config.max_input_len = min(config.max_input_len, config.max_seq_len)  # load_autosplit
+        model = types.SimpleNamespace(config=config)
+        cache = types.SimpleNamespace(batch_size=1, max_seq_len=settings.cache_tokens)
+        try:
+            exllamav2_dynamic.ExLlamaV2DynamicGenerator(
+                model=model, cache=cache, tokenizer=vlm.tokenizer, paged=False,
+                max_batch_size=settings.max_batch_size, max_chunk_size=settings.max_chunk_size,
+                max_sampling_threads=1, filter_background_eval=False,
+            )
+        except AssertionError:
+            theirs = False
+        else:
+            theirs = True
+        assert ours == theirs, (context, fields)
+        agreed += theirs
+    assert 0 < agreed < len(GENERATOR_SETTINGS)  # both kinds seen
+
+
 def test_our_prompt_ids_are_exllamav2s_with_embeddings_at_our_ranges(exl: ExLlamaV2Vlm) -> None:
     spans = [image_span(exl, (40, 40), RESERVED_ID_BASE + 500),
              image_span(exl, (70, 45), RESERVED_ID_BASE + 9000)]
     prompt = f"Compare {spans[0].alias} with {spans[1].alias}, then {spans[0].alias} again."
-    ours = PromptEncoder(exl.text_tokenizer).encode(prompt, spans)
     placed = [place_embedding(exl.model, s, torch.zeros(s.token_range.length, exl.hidden_size,
                                                         dtype=torch.float16)) for s in spans]
-    theirs = exl.tokenizer.encode(
-        prompt, add_bos=True, encode_special_tokens=True, embeddings=placed
-    )[0].tolist()
-    assert ours == theirs
-    assert ours.count(RESERVED_ID_BASE + 500) == 2 and RESERVED_ID_BASE + 9000 in ours
+    for add_bos in (True, False):  # exllamav2 takes add_bos explicitly; so does the engine
+        ours = PromptEncoder(exl.text_tokenizer).encode(prompt, spans, add_bos=add_bos)
+        theirs = exl.tokenizer.encode(
+            prompt, add_bos=add_bos, encode_special_tokens=True, embeddings=placed
+        )[0].tolist()
+        assert ours == theirs, add_bos
+        assert ours.count(RESERVED_ID_BASE + 500) == 2 and RESERVED_ID_BASE + 9000 in ours
 
 
 def exllamav2_resized_size(exl: ExLlamaV2Vlm, width: int, height: int) -> tuple[int, int]:
@@ -500,10 +635,16 @@ def test_close_fails_what_has_not_finished(exl: ExLlamaV2Vlm) -> None:
 def test_the_gpu_checks_dry_run_passes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert gpu_check.main(["--dry-run", "--work-dir", str(tmp_path)]) == 0
+    table_file = tmp_path / "table.txt"
+    assert gpu_check.main(["--dry-run", "--work-dir", str(tmp_path), "--table",
+                           str(table_file)]) == 0
     table = capsys.readouterr().out
-    assert table.count(" pass ") == 6 and "FAIL" not in table
-    assert "IDs equal exllamav2's encode" in table
+    assert table.count(" pass ") == 10 and "FAIL" not in table
+    for check in ("vision side: tower only", "language side: text model only",
+                  "placed embeddings, jobs (dry run)", "actor calls (dry run)"):
+        assert table.count(f" {check} ") == 2, check  # both families
+    assert "IDs equal exllamav2's encode" in table and "settings fit the model" in table
+    assert table_file.read_text() in table and "note: dry run" in table_file.read_text()
 
 
 @pytest.mark.parametrize("paged", [True, False])
@@ -529,8 +670,25 @@ def test_the_gpu_checks_engine_checks_hold_for_exllamav2s_cache_rules(
         engine.close()
 
 
+def test_the_gpu_checks_actor_check_drives_both_actors(
+    exl: ExLlamaV2Vlm, vlm: TransformersVlm
+) -> None:
+    """The actor check's calls, on the transformers engine (the GPU runs them on exllamav2)."""
+    images = {name: gpu_check._pattern(*spec) for name, spec in gpu_check.IMAGES.items()}
+    rows = {name: TransformersVision(vlm).embed(image).rows for name, image in images.items()}
+    requests = gpu_check._requests(
+        exl.family.value, gpu_check._spans(ExLlamaV2Vision(exl), images, epoch=1), rows
+    )
+    detail = gpu_check._actors(exl.model_dir, images, requests, rows, EngineKind.TRANSFORMERS)
+    assert "vision: 3 images, relative error 0.0000" in detail
+    assert f"generator: {len(gpu_check.BATCH)} requests" in detail
+
+
 def test_the_gpu_check_reports_a_failed_check() -> None:
     report = gpu_check.Report()
     assert report.run("pixtral", "passes", lambda: "fine")
     assert not report.run("pixtral", "fails", lambda: (_ for _ in ()).throw(AssertionError("no")))
     assert not report.ok and report.rows[-1][2:5:2] == ("FAIL", "AssertionError: no")
+    report.notes.append(gpu_check.UNPAGED_NOTE)
+    assert report.table().endswith(f"note: {gpu_check.UNPAGED_NOTE}\nSOME CHECKS FAILED\n")
+    assert "cannot see batching or prefix sharing" in gpu_check.UNPAGED_NOTE

@@ -1,0 +1,68 @@
+"""The requests an engine thread holds, so that a thread that dies can fail every one of them.
+
+Both engines drive their model from one thread. A request is *live* from `submit` until its
+future is done, wherever it is: queued, in the thread's hands, running. If the thread dies (a
+bug, a BaseException), `die` records why and hands back every live request to fail; from then
+on, and after `close`, new requests are refused at once instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, Generic, TypeVar
+
+from worker.errors import EngineClosedError, EngineDiedError, VlmqError
+
+Request = TypeVar("Request")
+
+
+class LiveRequests(Generic[Request]):
+    def __init__(self) -> None:
+        # Held while checking for closed/dead and queueing, so no request slips in after.
+        self._lock = threading.Lock()
+        self._live: set[Request] = set()
+        self.closed = threading.Event()
+        self.failure: BaseException | None = None  # what killed the thread; None while it runs
+
+    def admit(
+        self, request: Request, future: Future[Any], enqueue: Callable[[Request], None]
+    ) -> None:
+        """Queue the request with `enqueue`, or fail its future at once if the engine is gone."""
+        refusal: VlmqError | None = None
+        with self._lock:
+            if self.failure is not None:
+                refusal = died(self.failure)
+            elif self.closed.is_set():
+                refusal = EngineClosedError("the engine is closed")
+            else:
+                self._live.add(request)
+                future.add_done_callback(lambda _: self._forget(request))
+                enqueue(request)
+        if refusal is not None:
+            future.set_exception(refusal)
+
+    def close(self, wake_thread: Callable[[], None]) -> None:
+        """Refuse new requests from now on; `wake_thread` tells the thread to stop."""
+        with self._lock:
+            self.closed.set()
+            wake_thread()
+
+    def die(self, error: BaseException) -> list[Request]:
+        """Record why the thread died; the live requests, for the caller to fail."""
+        with self._lock:
+            self.failure = error
+            return list(self._live)
+
+    def snapshot(self) -> list[Request]:
+        with self._lock:
+            return list(self._live)
+
+    def _forget(self, request: Request) -> None:
+        with self._lock:
+            self._live.discard(request)
+
+
+def died(cause: BaseException) -> EngineDiedError:
+    return EngineDiedError(f"the engine's thread died: {type(cause).__name__}: {cause}")
