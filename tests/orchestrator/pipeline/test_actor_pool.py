@@ -19,10 +19,12 @@ from orchestrator.pipeline.actor_pool import (
     ActorPool,
     PoolConfig,
     PoolPlacementError,
+    actor_is_dead,
     check_pool_fits,
     gpus_needed,
     wait_until_up,
 )
+from tests.support.waiting import wait_for
 from worker.engines import EngineConfig
 
 
@@ -97,6 +99,8 @@ def test_the_probe_gives_up_at_once_on_an_actor_ray_reports_dead() -> None:
     actor = start_answering(hang=False)
     ray.get(actor.stats.remote())  # type: ignore[attr-defined]
     ray.kill(actor, no_restart=True)  # type: ignore[arg-type]
+    # ray.kill only sends the kill: until Ray has it DEAD, the old process may still answer.
+    wait_for(lambda: actor_is_dead(actor), "Ray reports the killed actor DEAD", timeout_s=30)
     reasons: list[str] = []
 
     async def give_up(why: str) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import ray
 
+from orchestrator.pipeline.actor_pool import actor_is_dead
 from orchestrator.pipeline.job import JobOutcome, JobRequest
 from orchestrator.private_redis import PrivateRedisServer
 from tests.support.pipeline_fixtures import (
@@ -25,16 +25,10 @@ from tests.support.pipeline_fixtures import (
     png,
     running_pipeline,
 )
+from tests.support.waiting import wait_for
 from worker.sampling import SamplingParams
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def new_image_jobs(count: int, prefix: str, first_seed: int) -> list[JobRequest]:
@@ -58,6 +52,7 @@ def test_jobs_fail_typed_at_once_when_the_only_generator_is_dead_for_good(
         (warm,) = pipeline.run(jobs_sharing_images(1, prefix="warm"))
         assert warm.ok
         ray.kill(pipeline.pool.generators[0], no_restart=True)
+        kill_landed(pipeline.pool.generators[0])
         jobs = jobs_sharing_images(4, prefix="after")
         outcomes = outcomes_by_id(list(pipeline.run(jobs)))
     assert set(outcomes) == {job.job_id for job in jobs}
@@ -76,6 +71,7 @@ def test_jobs_fail_typed_at_once_when_the_only_vision_actor_is_dead_for_good(
         (warm,) = pipeline.run(new_image_jobs(1, "warm", first_seed=100))
         assert warm.ok
         ray.kill(pipeline.pool.vision[0], no_restart=True)
+        kill_landed(pipeline.pool.vision[0])
         jobs = new_image_jobs(4, "after", first_seed=200)  # new images: each needs a vision call
         outcomes = outcomes_by_id(list(pipeline.run(jobs)))
     assert set(outcomes) == {job.job_id for job in jobs}
@@ -108,8 +104,11 @@ def test_close_during_run_ends_every_admitted_job_and_the_iterator(
         consumer = threading.Thread(target=consume, daemon=True)
         consumer.start()
         # Every admission slot taken (2 x 2 per generator), requests on the generator.
-        wait_for(lambda: pipeline.progress.submitted == pipeline.config.max_jobs_in_flight)
-        wait_for(lambda: pipeline.router.in_flight[0] > 0)
+        wait_for(
+            lambda: pipeline.progress.submitted == pipeline.config.max_jobs_in_flight,
+            "every admission slot taken",
+        )
+        wait_for(lambda: pipeline.router.in_flight[0] > 0, "a request on the generator")
         pipeline.close()
         consumer.join(60)
         assert not consumer.is_alive(), "run() still blocked after close()"
@@ -143,3 +142,8 @@ def test_a_jobs_iterable_that_raises_still_yields_the_admitted_jobs_outcomes(
     assert set(by_id) == {job.job_id for job in jobs}
     assert all(o.ok for o in by_id.values()), [o.failure for o in by_id.values()]
     assert after.ok
+
+
+def kill_landed(actor: object) -> None:
+    """`ray.kill` only sends the kill; until Ray has the actor DEAD it may still answer."""
+    wait_for(lambda: actor_is_dead(actor), "Ray reports the killed actor DEAD", timeout_s=30)
