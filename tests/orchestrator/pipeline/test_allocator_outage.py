@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from orchestrator.allocator.config import AllocatorConfig
 from orchestrator.pipeline.job import JobOutcome, JobRequest
 from orchestrator.private_redis import PrivateRedisServer
 from tests.support.pipeline_fixtures import outcomes_by_id, png, running_pipeline
+from tests.support.waiting import wait_for
 from worker.encoding.text_tokenizer import HFTextTokenizer
 from worker.images.visual_tokens import visual_layout
 from worker.images.vlm_family import detect_family, read_image_params
@@ -55,13 +54,6 @@ def job(job_id: str, seed: int) -> JobRequest:
                       SamplingParams(4))
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
-
-
 @pytest.mark.timeout(240)
 def test_jobs_wait_out_a_redis_outage_and_go_on_when_it_is_back(
     model_dir: Path, tmp_path: Path
@@ -87,8 +79,8 @@ def test_jobs_wait_out_a_redis_outage_and_go_on_when_it_is_back(
             )
             consumer.start()
             # The new image waits for Redis, and says so; the seen one needs no new IDs.
-            wait_for(lambda: pipeline.progress.waiting_for_allocator == 1)
-            wait_for(lambda: any(o.job_id == "seen-again" for o in outcomes))
+            wait_for(lambda: pipeline.progress.waiting_for_allocator == 1, "a job waits")
+            wait_for(lambda: any(o.job_id == "seen-again" for o in outcomes), "seen-again done")
             assert pipeline.progress.waiting_for_allocator == 1
             assert [o.job_id for o in outcomes] == ["seen-again"] and outcomes[0].ok
             redis_server.start()  # same port, same data
@@ -121,7 +113,7 @@ def test_an_outage_past_its_deadline_fails_jobs_with_a_typed_system_error(
             redis_server.stop()
 
             def watch() -> None:
-                wait_for(lambda: pipeline.progress.waiting_for_allocator == 1)
+                wait_for(lambda: pipeline.progress.waiting_for_allocator == 1, "a job waits")
                 waiting_seen.set()
 
             watcher = threading.Thread(target=watch, daemon=True)

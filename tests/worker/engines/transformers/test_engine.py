@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
-from collections.abc import Callable
 
 import pytest
 
 from tests.support.transformers_fixtures import pattern_image
+from tests.support.waiting import wait_for
 from worker.engines.transformers.dynamic_batcher import DynamicBatcher
 from worker.engines.transformers.language import TransformersStepModel, start_transformers_engine
 from worker.engines.transformers.model import TransformersVlm
@@ -59,14 +58,6 @@ def run_all(engine: DynamicBatcher, batch: list[GenerationRequest]) -> list[Gene
     return [future.result(timeout=120) for future in futures]
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 120) -> None:
-    """Poll a progress signal until it holds; fail once the deadline passes."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the engine made no progress in time"
-        time.sleep(0.005)
-
-
 def test_batched_results_equal_one_at_a_time(vlm: TransformersVlm) -> None:
     batch = requests(vlm, 8)
     engine = start_transformers_engine(vlm, max_batch_size=8)
@@ -90,7 +81,8 @@ def test_a_long_request_does_not_hold_back_short_ones(vlm: TransformersVlm) -> N
     long_request = dataclasses.replace(long_request, sampling=SamplingParams(max_new_tokens=300))
     engine = start_transformers_engine(vlm, max_batch_size=4)
     long_future = engine.submit(long_request)
-    wait_until(lambda: engine.num_steps >= 1)  # the long one decodes when the short one comes
+    # The long one decodes when the short one comes.
+    wait_for(lambda: engine.num_steps >= 1, "a decode step", timeout_s=120)
     short_result = engine.submit(short_request).result(timeout=120)
     assert not long_future.done(), "the short request should finish while the long one runs"
     assert long_future.result(timeout=120).num_completion_tokens == 300
@@ -165,7 +157,8 @@ def test_close_fails_what_is_left(vlm: TransformersVlm) -> None:
     engine = start_transformers_engine(vlm, max_batch_size=1)
     slow = dataclasses.replace(requests(vlm, 1)[0], sampling=SamplingParams(max_new_tokens=400))
     futures = [engine.submit(slow) for _ in range(3)]
-    wait_until(lambda: engine.num_steps >= 1)  # the first is decoding, the others wait
+    # The first is decoding, the others wait.
+    wait_for(lambda: engine.num_steps >= 1, "a decode step", timeout_s=120)
     engine.close()
     outcomes = []
     for future in futures:
