@@ -14,6 +14,7 @@ import importlib.util
 import json
 import sys
 import types
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,23 +47,23 @@ def hf_processor(model_dir: Path, family: TinyTokenizerFamily) -> Any:
         )
 
         settings = _read_json(model_dir / "processor_config.json")
-        return _pixtral_processor_class()(
+        return pixtral_processor_class()(
             image_processor=PixtralImageProcessorPil.from_dict(preprocessor),
             tokenizer=tokenizer,
             **{name: settings[name] for name in _PIXTRAL_SETTINGS},
         )
-    return _qwen2_vl_processor(tokenizer, preprocessor)
+    return qwen2_vl_processor(tokenizer, preprocessor)
 
 
-def _pixtral_processor_class() -> Any:
+def pixtral_processor_class() -> Any:
     """PixtralProcessor; its module's one torchvision import is served by the PIL module's
     copy of the same helper, for that import only."""
     from transformers.models.pixtral import image_processing_pil_pixtral
 
     module = "transformers.models.pixtral.processing_pixtral"
     helper = "transformers.models.pixtral.image_processing_pixtral"
-    if module in sys.modules:
-        return sys.modules[module].PixtralProcessor
+    if module in sys.modules or has_torchvision():
+        return importlib.import_module(module).PixtralProcessor
     stand_in = types.ModuleType(helper)
     stand_in.get_resize_output_image_size = (  # type: ignore[attr-defined]
         image_processing_pil_pixtral.get_resize_output_image_size
@@ -74,7 +75,7 @@ def _pixtral_processor_class() -> Any:
         del sys.modules[helper]
 
 
-def _qwen2_vl_processor(tokenizer: Any, preprocessor: dict[str, Any]) -> Any:
+def qwen2_vl_processor(tokenizer: Any, preprocessor: Mapping[str, Any]) -> Any:
     """Qwen2VLProcessor with the attributes its __init__ sets for images; no video processor.
     Its __call__, which expands <|image_pad|> per image, runs unchanged."""
     from transformers import Qwen2VLProcessor
@@ -83,7 +84,7 @@ def _qwen2_vl_processor(tokenizer: Any, preprocessor: dict[str, Any]) -> Any:
     )
 
     processor = Qwen2VLProcessor.__new__(Qwen2VLProcessor)
-    processor.image_processor = Qwen2VLImageProcessorPil.from_dict(preprocessor)
+    processor.image_processor = Qwen2VLImageProcessorPil.from_dict(dict(preprocessor))
     processor.tokenizer = tokenizer
     processor.chat_template = None
     processor.image_token = "<|image_pad|>"

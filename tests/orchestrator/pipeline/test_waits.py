@@ -41,45 +41,28 @@ def new_image_jobs(count: int, prefix: str, first_seed: int) -> list[JobRequest]
 
 
 @pytest.mark.timeout(180)
-def test_jobs_fail_typed_at_once_when_the_only_generator_is_dead_for_good(
-    model_dir: Path, redis_server: PrivateRedisServer
+@pytest.mark.parametrize("kind", ["generator", "vision"])
+def test_jobs_fail_typed_at_once_when_the_only_actor_of_a_kind_is_dead_for_good(
+    model_dir: Path, redis_server: PrivateRedisServer, kind: str
 ) -> None:
     # The restart deadline is far beyond the test's timeout: only Ray reporting the actor
-    # DEAD can end these jobs in time.
+    # DEAD can end these jobs in time. New images each time, so every job needs a vision call.
     with running_pipeline(
         model_dir, redis_server.url, pool_num_generator_actors=1, actor_restart_timeout_s=3600
     ) as pipeline:
-        (warm,) = pipeline.run(jobs_sharing_images(1, prefix="warm"))
-        assert warm.ok
-        ray.kill(pipeline.pool.generators[0], no_restart=True)
-        kill_landed(pipeline.pool.generators[0])
-        jobs = jobs_sharing_images(4, prefix="after")
-        outcomes = outcomes_by_id(list(pipeline.run(jobs)))
-    assert set(outcomes) == {job.job_id for job in jobs}
-    for outcome in outcomes.values():
-        assert outcome.failure is not None, outcome
-        assert outcome.failure.error_type == "NoActorAvailableError"
-        assert not outcome.failure.is_job_error
-        assert "no generator actor is up: generator 0 is dead for good" in outcome.failure.message
-
-
-@pytest.mark.timeout(180)
-def test_jobs_fail_typed_at_once_when_the_only_vision_actor_is_dead_for_good(
-    model_dir: Path, redis_server: PrivateRedisServer
-) -> None:
-    with running_pipeline(model_dir, redis_server.url, actor_restart_timeout_s=3600) as pipeline:
         (warm,) = pipeline.run(new_image_jobs(1, "warm", first_seed=100))
         assert warm.ok
-        ray.kill(pipeline.pool.vision[0], no_restart=True)
-        kill_landed(pipeline.pool.vision[0])
-        jobs = new_image_jobs(4, "after", first_seed=200)  # new images: each needs a vision call
+        actor = (pipeline.pool.generators if kind == "generator" else pipeline.pool.vision)[0]
+        ray.kill(actor, no_restart=True)
+        kill_landed(actor)
+        jobs = new_image_jobs(4, "after", first_seed=200)
         outcomes = outcomes_by_id(list(pipeline.run(jobs)))
     assert set(outcomes) == {job.job_id for job in jobs}
     for outcome in outcomes.values():
         assert outcome.failure is not None, outcome
         assert outcome.failure.error_type == "NoActorAvailableError"
         assert not outcome.failure.is_job_error
-        assert "no vision actor is up: vision 0 is dead for good" in outcome.failure.message
+        assert f"no {kind} actor is up: {kind} 0 is dead for good" in outcome.failure.message
 
 
 @pytest.mark.timeout(180)

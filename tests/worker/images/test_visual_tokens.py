@@ -10,8 +10,6 @@ the processor's image-token run: its length and where its special tokens sit.
 from __future__ import annotations
 
 import importlib.util
-import sys
-import types
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -19,12 +17,13 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from transformers import AutoTokenizer, Qwen2VLProcessor
+from transformers import AutoTokenizer
 from transformers.image_utils import ChannelDimension
 from transformers.models.pixtral import image_processing_pil_pixtral as hf_pixtral
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from tests.support.exllamav2_cpu import ExLlamaV2Config
+from tests.support.hf_processors import pixtral_processor_class, qwen2_vl_processor
 from worker.errors import JobError, UnsupportedImageShapeError
 from worker.images.visual_tokens import (
     MAX_ENGINE_SIDE,
@@ -150,50 +149,13 @@ def tokenizers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 # --- the implementations under comparison --------------------------------------------------
 
 
-def _pixtral_processor_class() -> Any:
-    """transformers' PixtralProcessor, importable without torchvision.
-
-    Its module imports one helper from the torchvision image processor at import time; where
-    torchvision is missing, the PIL image processor's copy of that helper stands in for that
-    import only. Nothing else of the processor changes.
-    """
-    module = "transformers.models.pixtral.processing_pixtral"
-    helper = "transformers.models.pixtral.image_processing_pixtral"
-    if module in sys.modules or importlib.util.find_spec("torchvision") is not None:
-        return importlib.import_module(module).PixtralProcessor
-    stand_in = types.ModuleType(helper)
-    stand_in.get_resize_output_image_size = hf_pixtral.get_resize_output_image_size  # type: ignore[attr-defined]
-    sys.modules[helper] = stand_in
-    try:
-        return importlib.import_module(module).PixtralProcessor
-    finally:
-        del sys.modules[helper]
-
-
 def _hf_pixtral(
     tokenizer: Any, preprocessor: Mapping[str, Any], processor_settings: Mapping[str, int]
 ) -> Any:
     image_processor = hf_pixtral.PixtralImageProcessorPil.from_dict(dict(preprocessor))
-    return _pixtral_processor_class()(
+    return pixtral_processor_class()(
         image_processor=image_processor, tokenizer=tokenizer, **processor_settings
     )
-
-
-def _hf_qwen(tokenizer: Any, preprocessor: Mapping[str, Any]) -> Any:
-    """transformers' Qwen2VLProcessor without a video processor (which needs torchvision).
-
-    Its __init__ insists on checking the video processor's class, so the processor is built
-    with the attributes that __init__ sets for images; its __call__ runs unchanged.
-    """
-    processor = Qwen2VLProcessor.__new__(Qwen2VLProcessor)
-    processor.image_processor = Qwen2VLImageProcessorPil.from_dict(dict(preprocessor))
-    processor.tokenizer = tokenizer
-    processor.chat_template = None
-    processor.image_token = "<|image_pad|>"
-    processor.image_token_id = tokenizer.convert_tokens_to_ids(processor.image_token)
-    processor.video_token = "<|video_pad|>"
-    processor.video_token_id = tokenizer.convert_tokens_to_ids(processor.video_token)
-    return processor
 
 
 def _image_run(processor: Any, prompt: str, image: Image.Image, run_tokens: set[int]) -> list[int]:
@@ -351,7 +313,7 @@ def test_qwen2_vl_matches_exllamav2_and_transformers(case: str, tokenizers: dict
     preprocessor = QWEN_CASES[case]
     params = Qwen2VLImageParams.from_preprocessor_config(preprocessor)
     tokenizer = tokenizers["qwen2-vl"]
-    processor = _hf_qwen(tokenizer, preprocessor)
+    processor = qwen2_vl_processor(tokenizer, preprocessor)
     names = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in names}
     prompt = "a <|vision_start|><|image_pad|><|vision_end|> b"
