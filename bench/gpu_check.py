@@ -69,7 +69,7 @@ from worker.engines.transformers.sequence import Sequence
 from worker.engines.transformers.vision import TransformersVision
 from worker.errors import StaleEpochError
 from worker.generation import GenerationRequest, GenerationResult
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 from worker.span import Span
 from worker.tiny.model import TINY_MODEL_FAMILIES, TinyModelFamily, write_tiny_model
 from worker.token_range import RESERVED_ID_BASE, TokenRange

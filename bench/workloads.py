@@ -32,7 +32,7 @@ from worker.engines import EngineConfig, ImageFeatures, LanguageEngine
 from worker.engines.transformers.vision import TransformersVision
 from worker.generation import GenerationRequest, GenerationResult
 from worker.images.decoding import ImageLimits, decode_image
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 from worker.span import Span
 from worker.tiny.model import write_tiny_model
 from worker.token_range import RESERVED_ID_BASE, TokenRange

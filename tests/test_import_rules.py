@@ -102,7 +102,35 @@ def rules(tree: SourceTree) -> tuple[ImportRule, ...]:
         ImportRule(
             "vlmq never imports its tests or benchmarks", PRODUCT, forbidden=("tests", "bench")
         ),
+        ImportRule(
+            "the queue's client side speaks Redis and the schema only",
+            QUEUE_CLIENT_SIDE,
+            forbidden=(
+                "torch", "ray", "transformers", "PIL", "orchestrator.pipeline",
+                "orchestrator.allocator", "orchestrator.queue.server",
+                "orchestrator.queue.serve", "orchestrator.queue.runner",
+            ),
+            may_import=("worker.errors", "worker.sampling_params"),
+        ),
+        ImportRule(
+            "the pipeline and the allocator never import the queue",
+            ("orchestrator.pipeline", "orchestrator.allocator"),
+            forbidden=("orchestrator.queue",),
+        ),
     )
+
+
+# What `Client` stands on: importable where only Redis is (no torch, ray or transformers).
+QUEUE_CLIENT_SIDE = (
+    "orchestrator.queue.client",
+    "orchestrator.queue.schema",
+    "orchestrator.queue.states",
+    "orchestrator.queue.errors",
+    "orchestrator.queue.library",
+    "orchestrator.queue.config",
+    "orchestrator.redis_keys",
+    "orchestrator.job_limits",
+)
 
 
 def test_vlmq_keeps_every_import_rule() -> None:
@@ -212,6 +240,14 @@ BREAKS = {
     "vlmq never imports its tests or benchmarks": (
         "orchestrator/pipeline/router.py",
         "from bench import workloads\n",
+    ),
+    "the queue's client side speaks Redis and the schema only": (
+        "orchestrator/queue/client.py",
+        "def f():\n    from orchestrator.pipeline.job import JobRequest\n",
+    ),
+    "the pipeline and the allocator never import the queue": (
+        "orchestrator/pipeline/job.py",
+        "from orchestrator.queue import schema\n",
     ),
 }
 

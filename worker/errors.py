@@ -83,6 +83,10 @@ class EngineDiedError(VlmqError):
     """
 
 
+class JobCancelledError(VlmqError):
+    """The job was cancelled by its user; it is neither the job's fault nor a failure to retry."""
+
+
 class ImageError(JobError):
     """An image of the job cannot be used; the message says why in words a user can act on."""
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from worker.errors import InvalidRequestError
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 from worker.span import Span
 
 

@@ -14,14 +14,22 @@ it DEAD, or `actor_restart_timeout_s` without an answer, gives up on it, and onc
 of its kind is given up on, the requests that need one fail with `NoActorAvailableError`. While
 the allocator's Redis is unreachable, jobs that need new token ranges wait for it (counted in
 `progress.waiting_for_allocator`) up to `allocator_outage_timeout_s`; jobs whose ranges are
-already known go on meanwhile, without a round trip. `close()` during `run()` ends every
-admitted job with an outcome (`PipelineClosedError`) and ends the iterator; a jobs iterable
-that raises has the outcomes of the jobs it admitted yielded first, then its error re-raised.
+already known go on meanwhile, without a round trip.
+
+Jobs come in two ways: `submit(job)` from any thread, answered with a future, or `run(jobs)`,
+which iterates `jobs` on the caller's thread, at most `capacity` jobs ahead of the outcomes it
+has yielded. Both feed one event loop on the pipeline's own thread, and at most `capacity`
+jobs run at once; more wait for room. Every job ends with exactly one outcome: `close()` ends
+the running ones with `PipelineClosedError` (and `run()`'s iterator after them), `cancel(id)`
+one with `JobCancelledError`, its generate call cancelled in Ray, which aborts it in the
+generator's engine. A jobs iterable that raises has the outcomes of the jobs it admitted
+yielded first, then its error re-raised.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -29,7 +37,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +67,14 @@ from orchestrator.pipeline.vision_balancer import VisionBalancer
 from worker.actors.generator import GenerationCall
 from worker.encoding.text_tokenizer import HFTextTokenizer
 from worker.engines.model_fingerprint import model_fingerprint
-from worker.errors import AllocatorStateUnavailableError, JobError, StaleEpochError, VlmqError
+from worker.errors import (
+    AllocatorStateUnavailableError,
+    InvalidRequestError,
+    JobCancelledError,
+    JobError,
+    StaleEpochError,
+    VlmqError,
+)
 from worker.generation import GenerationResult
 from worker.images.decoding import check_image_count
 from worker.images.visual_tokens import visual_layout
@@ -83,6 +98,7 @@ class Progress:
     vision_calls: int = 0
     feature_reuses: int = 0  # images served from a cached or in-flight vision call
     waiting_for_allocator: int = 0  # jobs waiting now for the allocator's Redis to come back
+    waiting_for_room: int = 0  # jobs submitted over capacity, waiting now for a running one to end
 
     @property
     def in_flight(self) -> int:
@@ -94,6 +110,18 @@ class _Image:
     key: ImageKey
     pixels: Any  # ObjectRef[PIL.Image.Image], read by a vision actor only
     layout: SpanLayout
+
+
+@dataclass(eq=False)
+class _InFlight:
+    """One job from its submission to its outcome: what delivers it and what cancel() stops."""
+
+    job: JobRequest  # as the caller passed it: it may be no JobRequest at all
+    deliver: Callable[[JobOutcome], None]
+    task: asyncio.Task[JobOutcome] | None = None  # set on the loop's thread once accepted
+    generating: Any = None  # the ObjectRef of its generate call while one runs
+    attempts: int = 0  # generation attempts so far
+    is_cancelled: bool = False  # cancel() was called; its outcome is JobCancelledError
 
 
 class _Availability(Protocol):
@@ -133,9 +161,13 @@ class Pipeline:
         # The range client makes blocking calls; one thread makes them all, in order.
         self._allocation_thread = ThreadPoolExecutor(1, thread_name_prefix="vlmq-allocation")
         self._sync_scheduled = False  # a sync of the range client is queued on that thread
+        # Guards what callers' threads read and change: _closing and the jobs in flight.
+        self._lock = threading.Lock()
         self._closing = False
-        self._job_tasks: set[asyncio.Task[None]] = set()  # admitted jobs of every run()
-        self._feeders: set[asyncio.Task[None]] = set()  # the admitting loop of every run()
+        self._by_id: dict[str, _InFlight] = {}  # jobs in flight with a usable job_id
+        self._num_in_flight = 0  # every job in flight, with a usable job_id or not
+        self._job_tasks: set[asyncio.Task[JobOutcome]] = set()  # on the loop's thread
+        self._room = asyncio.Semaphore(config.max_jobs_in_flight)  # jobs running at once
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(
             target=self._loop.run_forever, name="vlmq-pipeline", daemon=True
@@ -167,25 +199,95 @@ class Pipeline:
             self._make_balancers(), self._loop
         ).result()
 
+    @property
+    def capacity(self) -> int:
+        """Jobs to keep in flight so every generator stays busy; `submit` takes more (they wait)."""
+        return self.config.max_jobs_in_flight
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs submitted (or admitted by `run()`) whose outcome has not been delivered yet."""
+        with self._lock:
+            return self._num_in_flight
+
+    def submit(self, job: JobRequest) -> concurrent.futures.Future[JobOutcome]:
+        """Hand the pipeline one job, from any thread, without waiting; its outcome comes later.
+
+        The future always resolves with the job's `JobOutcome`, failed ones included (a bad
+        job, a job_id already in flight, `close()`, `cancel()`). Its callbacks run on the
+        pipeline's thread: they may submit and cancel, but must not block. Raises
+        `PipelineClosedError` once the pipeline is closed, or before it is started.
+        """
+        outcome: concurrent.futures.Future[JobOutcome] = concurrent.futures.Future()
+        self._submit(job, outcome.set_result)
+        return outcome
+
+    def cancel(self, job_id: str) -> bool:
+        """End the job now, from any thread: its outcome is a `JobCancelledError` failure.
+
+        Its generate call, if one runs, is cancelled in Ray, which aborts it in the generator's
+        engine and frees its batch slot; image work already started may finish (and stay
+        cached for other jobs). True if the job was in flight: then its outcome is the
+        cancellation, even if it was just finishing; False (and nothing done) otherwise.
+        """
+        with self._lock:
+            record = self._by_id.get(job_id)
+            if record is None:
+                return False
+            if not record.is_cancelled:
+                record.is_cancelled = True
+                # Under the lock: the job's outcome (and close()) cannot come first.
+                self._loop.call_soon_threadsafe(self._stop_job, record)
+            return True
+
     def run(self, jobs: Iterable[JobRequest]) -> Iterator[JobOutcome]:
         """Outcomes in the order jobs finish, one per admitted job.
 
-        If `jobs` raises, the jobs it admitted still end and their outcomes come first; then
-        its error is raised here. After `close()`, the jobs still running come out failed
-        with `PipelineClosedError` and the iterator ends.
+        `jobs` is iterated here, on the caller's thread, between outcomes, and at most
+        `capacity` jobs ahead of them. If `jobs` raises, the jobs it admitted still end and
+        their outcomes come first; then its error is raised here. After `close()`, the jobs
+        still running come out failed with `PipelineClosedError` and the iterator ends.
         """
-        if self._closing or not self._loop_thread.is_alive():
-            raise PipelineClosedError("the pipeline is closed (or was never started)")
-        outcomes: queue.Queue[JobOutcome | None] = queue.Queue()
-        done = asyncio.run_coroutine_threadsafe(self._run_all(jobs, outcomes), self._loop)
-        while (outcome := outcomes.get()) is not None:
+        self._check_open()
+        outcomes: queue.SimpleQueue[JobOutcome] = queue.SimpleQueue()
+        source = iter(jobs)
+        num_admitted = num_yielded = 0
+        is_feeding = True
+        feed_error: Exception | None = None
+        while True:
+            can_feed = is_feeding and num_admitted - num_yielded < self.capacity
+            if not can_feed and num_yielded == num_admitted:
+                break
+            try:
+                # Outcomes that are ready go first; wait for one only when no job can go in.
+                outcome = outcomes.get(block=not can_feed)
+            except queue.Empty:
+                try:
+                    job = next(source)
+                except StopIteration:
+                    is_feeding = False
+                    continue
+                except Exception as error:  # the iterable's own: raised after the outcomes
+                    feed_error, is_feeding = error, False
+                    continue
+                try:
+                    self._submit(job, outcomes.put)
+                except PipelineClosedError:  # close() came: no more jobs; the admitted end
+                    is_feeding = False
+                    continue
+                num_admitted += 1
+                continue
+            num_yielded += 1
             yield outcome
-        done.result()
+        if feed_error is not None:
+            raise feed_error
 
     def close(self) -> None:
-        """End every running `run()` (each admitted job gets an outcome), then the actors."""
+        """End every job in flight (each gets its outcome), then `run()`s, then the actors."""
+        with self._lock:
+            self._closing = True  # no job is submitted after this
         if self._loop_thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._end_runs(), self._loop).result()
+            asyncio.run_coroutine_threadsafe(self._end_jobs(), self._loop).result()
         if self._pool is not None:
             self._pool.kill()
         if self._loop_thread.is_alive():
@@ -197,12 +299,95 @@ class Pipeline:
         # ends when that call does.
         self._allocation_thread.shutdown(wait=False, cancel_futures=True)
 
-    async def _end_runs(self) -> None:
-        """Admit no more jobs; end the admitted ones as closed; wait for every run to end."""
-        self._closing = True
-        for task in self._job_tasks:
+    def _check_open(self) -> None:
+        if self._closing or not self._loop_thread.is_alive():
+            raise PipelineClosedError("the pipeline is closed (or was never started)")
+
+    def _submit(self, job: JobRequest, deliver: Callable[[JobOutcome], None]) -> None:
+        """Register the job and have the loop take it; `deliver` gets its outcome there."""
+        with self._lock:
+            self._check_open()
+            job_id = _cancel_key(job)
+            if job_id is not None and job_id in self._by_id:
+                self._loop.call_soon_threadsafe(self._refuse_duplicate, job, deliver)
+                return
+            record = _InFlight(job, deliver)
+            if job_id is not None:
+                self._by_id[job_id] = record
+            self._num_in_flight += 1
+            # Under the lock, so close(), which takes it first, finds the job accepted.
+            self._loop.call_soon_threadsafe(self._accept, record)
+
+    def _refuse_duplicate(self, job: JobRequest, deliver: Callable[[JobOutcome], None]) -> None:
+        # Job IDs key cancel(): a second job under one ID could not be told from the first.
+        self.progress.submitted += 1
+        self.progress.failed += 1
+        error = InvalidRequestError(f"job {job_id_of(job)} is already in flight")
+        deliver(JobOutcome(job_id_of(job), None, _failure(error), 0))
+
+    def _accept(self, record: _InFlight) -> None:
+        self.progress.submitted += 1
+        task = self._loop.create_task(self._job(record))
+        record.task = task
+        self._job_tasks.add(task)
+        # A done callback, not the coroutine, delivers: a task cancelled before it started
+        # never runs its coroutine at all.
+        task.add_done_callback(lambda _: self._finish(record))
+
+    async def _job(self, record: _InFlight) -> JobOutcome:
+        """One job's outcome, once there is room for it among the jobs that run."""
+        self.progress.waiting_for_room += 1
+        try:
+            await self._room.acquire()
+        finally:
+            self.progress.waiting_for_room -= 1
+        try:
+            return await self._run_job(record)
+        finally:
+            self._room.release()
+
+    def _finish(self, record: _InFlight) -> None:
+        """Deliver the job's outcome: its own, or why it was stopped."""
+        assert record.task is not None
+        self._job_tasks.discard(record.task)
+        with self._lock:
+            job_id = _cancel_key(record.job)
+            if job_id is not None and self._by_id.get(job_id) is record:
+                del self._by_id[job_id]
+            self._num_in_flight -= 1
+            is_cancelled = record.is_cancelled
+        if is_cancelled or record.task.cancelled():  # by cancel(), or by close()
+            job_id = job_id_of(record.job)  # whatever the caller passed in, it gets its outcome
+            error: VlmqError = (
+                JobCancelledError(f"job {job_id} was cancelled")
+                if is_cancelled
+                else PipelineClosedError(f"job {job_id}: the pipeline was closed before it ended")
+            )
+            outcome = JobOutcome(job_id, None, _failure(error), record.attempts)
+        else:
+            outcome = record.task.result()
+        if outcome.ok:
+            self.progress.succeeded += 1
+        else:
+            self.progress.failed += 1
+        record.deliver(outcome)
+
+    def _stop_job(self, record: _InFlight) -> None:
+        """cancel(): stop the job's generate call in its generator, and the job here."""
+        if record.generating is not None:
+            # Its awaiting, which the task's cancel ends, has already asked Ray for the result,
+            # so the error the cancelled call leaves is read, not reported as unhandled.
+            ray.cancel(record.generating)
+        if record.task is not None:
+            record.task.cancel()
+
+    async def _end_jobs(self) -> None:
+        """End every job in flight as closed; return once each outcome is delivered."""
+        tasks = list(self._job_tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._feeders, return_exceptions=True)
+        # Each job's _finish was queued before this wakes: callbacks run in order.
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _stop_probes(self) -> None:
         """Cancel the waits for restarting actors: the actors are gone."""
@@ -219,62 +404,18 @@ class Pipeline:
         )
         return router, VisionBalancer(len(self.pool.vision))
 
-    async def _run_all(
-        self, jobs: Iterable[JobRequest], outcomes: queue.Queue[JobOutcome | None]
-    ) -> None:
-        admitted = asyncio.Semaphore(self.config.max_jobs_in_flight)
-        running: set[asyncio.Task[None]] = set()
-        feeder = asyncio.current_task()
-        assert feeder is not None
-        self._feeders.add(feeder)
-
-        async def run_one(job: JobRequest) -> None:
-            try:
-                try:
-                    outcome = await self._run_job(job)
-                except asyncio.CancelledError:  # close(): the job ends, with an outcome
-                    outcome = _closed_outcome(job)
-                if outcome.ok:
-                    self.progress.succeeded += 1
-                else:
-                    self.progress.failed += 1
-                outcomes.put(outcome)
-            finally:
-                admitted.release()
-
-        feed_error: Exception | None = None
-        try:
-            try:
-                for job in [] if self._closing else jobs:
-                    await admitted.acquire()
-                    if self._closing:
-                        break  # close() came while this job waited to be admitted
-                    self.progress.submitted += 1
-                    task = asyncio.create_task(run_one(job))
-                    running.add(task)
-                    self._job_tasks.add(task)
-                    task.add_done_callback(running.discard)
-                    task.add_done_callback(self._job_tasks.discard)
-            except Exception as error:  # the iterable's own error: raised after the outcomes
-                feed_error = error
-            # Every admitted job ends with an outcome, whatever ended the feed.
-            await asyncio.gather(*list(running))
-        finally:
-            outcomes.put(None)
-            self._feeders.discard(feeder)
-        if feed_error is not None:
-            raise feed_error
-
-    async def _run_job(self, job: JobRequest) -> JobOutcome:
+    async def _run_job(self, record: _InFlight) -> JobOutcome:
+        job = record.job
         attempts = 0
         try:
             images = await self._prepare_images(job)
             spans = await self._spans(images, refresh=False)
             while True:
                 attempts += 1
+                record.attempts = attempts
                 try:
                     # After a failure the request runs alone, so it can harm only itself.
-                    result = await self._generate(job, images, spans, alone=attempts > 1)
+                    result = await self._generate(record, images, spans, alone=attempts > 1)
                     return JobOutcome(job.job_id, result, None, attempts)
                 except (RayActorError, RayTaskError) as error:
                     if isinstance(error, JobError):
@@ -292,11 +433,7 @@ class Pipeline:
                     log.warning("job %s: attempt %d failed (%s); retrying", job.job_id,
                                 attempts, type(_cause(error)).__name__)
         except Exception as error:  # every job ends with an outcome, whatever happened
-            cause = _cause(error)
-            failure = JobFailure(
-                type(cause).__name__, str(cause), is_job_error=isinstance(cause, JobError)
-            )
-            return JobOutcome(job_id_of(job), None, failure, attempts)
+            return JobOutcome(job_id_of(job), None, _failure(_cause(error)), attempts)
 
     async def _prepare_images(self, job: JobRequest) -> list[_Image]:
         # First of all: a job's own bad fields fail it here, typed, before a task or an actor
@@ -453,9 +590,10 @@ class Pipeline:
         await self._vision.release(index)
 
     async def _generate(
-        self, job: JobRequest, images: list[_Image], spans: dict[ImageKey, Span], alone: bool
+        self, record: _InFlight, images: list[_Image], spans: dict[ImageKey, Span], alone: bool
     ) -> GenerationResult:
         assert self._router is not None
+        job = record.job
         unique = list(dict.fromkeys(image.key for image in images))
         by_key = {image.key: image for image in images}
         entries = await asyncio.gather(*(self._image_features(by_key[k]) for k in unique))
@@ -468,9 +606,14 @@ class Pipeline:
         index = await (self._router.acquire_alone() if alone else self._router.acquire(unique))
         try:
             generator = self.pool.generators[index]
-            result: GenerationResult = await generator.generate.remote(
+            # Kept while it runs, so that cancel() can cancel it in Ray.
+            record.generating = generator.generate.remote(
                 call, *(entry.features for entry in entries)
             )
+            try:
+                result: GenerationResult = await record.generating
+            finally:
+                record.generating = None
             return result
         except RayActorError:
             await self._take_down(self.pool.generators, index, self._router)
@@ -503,11 +646,14 @@ class Pipeline:
         self._probes = {probe for probe in self._probes if not probe.done()}
 
 
-def _closed_outcome(job: JobRequest) -> JobOutcome:
-    job_id = job_id_of(job)  # whatever the caller passed in, it gets its outcome
-    error = PipelineClosedError(f"job {job_id}: the pipeline was closed before it finished")
-    failure = JobFailure(type(error).__name__, str(error), is_job_error=False)
-    return JobOutcome(job_id, None, failure, 0)
+def _cancel_key(job: object) -> str | None:
+    """The ID cancel() finds a job by; None for a job without a usable one (it will fail)."""
+    job_id = getattr(job, "job_id", None) if isinstance(job, JobRequest) else None
+    return job_id if isinstance(job_id, str) and job_id else None
+
+
+def _failure(error: BaseException) -> JobFailure:
+    return JobFailure(type(error).__name__, str(error), is_job_error=isinstance(error, JobError))
 
 
 def _alias(key: ImageKey) -> str:

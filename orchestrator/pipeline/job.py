@@ -14,21 +14,23 @@ from __future__ import annotations
 import reprlib
 from dataclasses import dataclass, field
 
+from orchestrator.job_limits import IMAGE_PLACEHOLDER, MAX_JOB_ID_BYTES, MAX_PROMPT_BYTES
 from worker.errors import InvalidRequestError
 from worker.generation import GenerationResult
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 
-# Where an image goes in a job's prompt: one placeholder per image, in order.
-IMAGE_PLACEHOLDER = "<image>"
-
-# The longest context of the families vlmq serves is Pixtral 12B's 128k tokens (Qwen2-VL: 32k);
-# text averages about 4 bytes of UTF-8 a token (English; fewer for CJK, about as many for
-# code). At 8 bytes a token a prompt of 1 MiB already fills 128k, so nothing longer can be
-# served, and refusing it here spares a generator tokenizing it on its engine thread (about
-# 0.6 s a MiB with the tiny model on the CPU test machine) only to refuse it.
-MAX_PROMPT_BYTES = 1 << 20
-# Job IDs travel in logs, outcomes and queue keys: a name, not a payload.
-MAX_JOB_ID_BYTES = 256
+# The limits live in orchestrator.job_limits (the queue's schema shares them); callers have
+# always imported them from here, so they are re-exported.
+__all__ = [
+    "IMAGE_PLACEHOLDER",
+    "MAX_JOB_ID_BYTES",
+    "MAX_PROMPT_BYTES",
+    "JobFailure",
+    "JobOutcome",
+    "JobRequest",
+    "job_id_of",
+    "validate_job",
+]
 
 # Bounded reprs, for messages and for outcomes of jobs whose IDs were not str.
 _short = reprlib.Repr()

@@ -26,29 +26,33 @@ def run_vlmq(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_demo_runs_the_sample_batch_through_the_pipeline() -> None:
+def test_demo_runs_the_sample_batch_through_redis_and_serve() -> None:
     done = run_vlmq("demo")
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    assert out.startswith("vlmq demo: 24 jobs; 1 vision + 2 generator actors on 2 logical GPUs")
-
-    job_lines = re.findall(r"^  (\S+) +(\S+) +(.*)$", out.split("\n\n")[0], re.MULTILINE)
+    assert out.startswith(
+        "vlmq demo: 24 jobs through Redis; 1 vision + 2 generator actors on 2 logical GPUs"
+    )
+    job_lines = re.findall(r"^  (?!progress)(\S+) +(\S+) +(.*)$", out.split("\n\n")[0],
+                           re.MULTILINE)
     outcome_of = {job_id: (outcome, rest) for job_id, outcome, rest in job_lines}
     assert len(job_lines) == len(outcome_of) == 24  # one line per job
-    # The corrupt image and the placeholder mismatch fail alone, each with its typed error.
+    # The client refuses the placeholder mismatch before sending it; the corrupt image fails
+    # alone on the server, with its typed error.
+    outcome, message = outcome_of.pop("mismatch")
+    assert (outcome, message.split(":")[0]) == ("refused", "InvalidPayloadError")
     assert outcome_of.pop("corrupt") == (
         "failed",
         "CorruptImageError: the JPEG image could not be decoded (Truncated File Read)",
     )
-    outcome, message = outcome_of.pop("mismatch")
-    assert (outcome, message.split(":")[0]) == ("failed", "InvalidRequestError")
     assert sorted(outcome_of) == [f"q{i:02d}" for i in range(22)]
     for outcome, rest in outcome_of.values():
         assert outcome in ("length", "eos", "stop_string")
         assert re.fullmatch(r"\d+ prompt \+ +\d+ new tokens", rest)
-
+    assert re.search(r"^  progress: \d+/23 done \(", out, re.MULTILINE)
     assert re.search(
-        r"^outcomes: 22 succeeded \(.+\), 2 failed \(CorruptImageError 1, InvalidRequestError 1\)$",
+        r"^states: 22 succeeded \(.+\), 1 failed \(CorruptImageError 1\), 0 cancelled, "
+        r"0 dead; 1 refused at submit \(InvalidPayloadError 1\)$",
         out,
         re.MULTILINE,
     )
@@ -57,7 +61,8 @@ def test_demo_runs_the_sample_batch_through_the_pipeline() -> None:
         r"^vision calls: 4 for 4 distinct good images \(\d+ reuses\)$", out, re.MULTILINE
     )
     assert re.search(
-        r"^throughput: 24 requests in [\d.]+s = [\d.]+ requests/s; \d+ new tokens = \d+ tokens/s$",
+        r"^throughput: 23 jobs through Redis in [\d.]+s = [\d.]+ jobs/s; \d+ new tokens = "
+        r"\d+ tokens/s$",
         out,
         re.MULTILINE,
     )

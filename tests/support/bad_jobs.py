@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from PIL import Image
 
 from orchestrator.pipeline.job import IMAGE_PLACEHOLDER, MAX_PROMPT_BYTES, JobRequest
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 
 T = TypeVar("T")
 

@@ -122,7 +122,7 @@ class ScriptedGenerator:
         self.pending: list[Any] = []
         self.active: list[Any] = []
         self.jobs: list[Any] = []  # every job enqueued, in order
-        self.events: list[str] = []  # "start <id>", "finish <id>", "reset", in order
+        self.events: list[str] = []  # "start <id>", "finish <id>", "cancel <id>", "reset"
         self.fail_next_iterate = False
         self._prefilled: list[list[int]] = []
         self._state: dict[int, dict[str, Any]] = {}
@@ -142,6 +142,15 @@ class ScriptedGenerator:
         assert not self.num_remaining_jobs(), "a reset under running jobs corrupts their pages"
         self._prefilled.clear()
         self.events.append("reset")
+
+    def cancel(self, job: Any) -> None:
+        # As exllamav2's: a pending job leaves the queue, an active one the batch (its pages).
+        if job in self.pending:
+            self.pending.remove(job)
+        elif job in self.active:
+            self.active.remove(job)
+            self._state.pop(job.serial_number, None)
+        self.events.append(f"cancel {job.identifier}")
 
     def clear_queue(self) -> None:
         self.pending.clear()

@@ -17,7 +17,7 @@ from orchestrator.pipeline.config import PipelineConfig
 from orchestrator.pipeline.driver import Pipeline
 from orchestrator.pipeline.job import JobOutcome, JobRequest
 from worker.engines import EngineConfig
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 from worker.tiny.model import write_tiny_model
 
 

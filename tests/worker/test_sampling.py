@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.errors import InvalidRequestError
-from worker.sampling import (
+from worker.sampling import Sampler
+from worker.sampling_params import (
     MAX_SEED,
     MAX_STOP_STRING_CHARS,
     MAX_STOP_STRINGS,
@@ -18,7 +19,6 @@ from worker.sampling import (
     MAX_TOP_K,
     MIN_TEMPERATURE,
     MIN_TOP_P,
-    Sampler,
     SamplingParams,
 )
 

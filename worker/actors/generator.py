@@ -3,7 +3,8 @@
 An async actor: each `generate` call waits on its engine future without blocking the others,
 so the engine's dynamic batching sees every request in flight. The engine's own thread runs
 the model; the actor's event loop only waits. Features arrive as object references that Ray
-resolves in this process.
+resolves in this process. `ray.cancel` on a call raises `asyncio.CancelledError` in its
+coroutine; the call then aborts its request in the engine, which frees its batch slot.
 
 If the engine's thread dies, the engine answers every request with `EngineDiedError`, and the
 actor ends its process on the first one: Ray restarts an actor whose process failed (with
@@ -25,7 +26,7 @@ from worker.actors.stats import ActorCounters, ActorStats
 from worker.engines import EngineConfig, ImageFeatures, start_language_engine
 from worker.errors import EngineDiedError
 from worker.generation import GenerationRequest, GenerationResult
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 from worker.span import Span
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class GenerationCall:
 class GeneratorActor:
     def __init__(self, config: GeneratorActorConfig) -> None:
         self.config = config
-        self._engine = start_language_engine(config.engine)
+        self.engine = start_language_engine(config.engine)
         self._counters = ActorCounters(config.name)
 
     def __repr__(self) -> str:
@@ -74,15 +75,20 @@ class GeneratorActor:
                 sampling=call.sampling,
                 add_bos=call.add_bos,
             )
+            future = self.engine.submit(request)
             try:
-                return await asyncio.wrap_future(self._engine.submit(request))
+                return await asyncio.wrap_future(future)
+            except asyncio.CancelledError:
+                # The wrapper cancels a still-queued future; a running one needs the engine.
+                self.engine.abort(future)
+                raise
             except EngineDiedError as error:
                 _exit_for_restart(self.config.name, error)
 
     def stats(self) -> ActorStats:
         # The readiness probe: an engine whose thread died while idle takes its actor down here,
         # not only at the next request.
-        if (failure := self._engine.failure) is not None:
+        if (failure := self.engine.failure) is not None:
             died = EngineDiedError(f"the engine thread died: {failure!r}")
             _exit_for_restart(self.config.name, died)
         return self._counters.stats()

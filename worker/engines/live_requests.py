@@ -66,3 +66,31 @@ class LiveRequests(Generic[Request]):
 
 def died(cause: BaseException) -> EngineDiedError:
     return EngineDiedError(f"the engine's thread died: {type(cause).__name__}: {cause}")
+
+
+class AbortRequests:
+    """Futures whose requests were asked to stop (`LanguageEngine.abort`), until they are done.
+
+    Any thread may ask; the engine thread reads `pending()` between steps and fails those it
+    holds, so only that thread ever resolves a future.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._futures: set[Future[Any]] = set()
+
+    def ask(self, future: Future[Any], live: LiveRequests[Request],
+            future_of: Callable[[Request], Future[Any]]) -> None:
+        if future.done() or all(future_of(request) is not future for request in live.snapshot()):
+            return  # finished, or never this engine's: nothing to drop
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(self._forget)
+
+    def pending(self) -> frozenset[Future[Any]]:
+        with self._lock:
+            return frozenset(self._futures)
+
+    def _forget(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._futures.discard(future)

@@ -61,6 +61,14 @@ class LanguageEngine(Protocol):
     def submit(self, request: GenerationRequest) -> Future[GenerationResult]:
         """Queue a request; it joins the running batch at the next step."""
 
+    def abort(self, future: Future[GenerationResult]) -> None:
+        """Give up the request `submit` answered with `future`; thread-safe, returns at once.
+
+        A request still queued is dropped; a running one leaves the batch at the next step
+        boundary, its cached state released. Either way its future fails with
+        `JobCancelledError`. A future that is done, or not this engine's, is left alone.
+        """
+
     def close(self) -> None:
         """Finish nothing more; fail requests still queued or running."""
 

@@ -9,6 +9,7 @@ import pytest
 from orchestrator.allocator.config import AllocatorConfig
 from orchestrator.allocator.token_range_allocator import TokenRangeAllocator
 from orchestrator.private_redis import PrivateRedisServer
+from orchestrator.redis_keys import RedisKeys
 from worker.errors import InvalidAllocationError
 from worker.token_range import TokenRange
 
@@ -44,7 +45,7 @@ def test_ranges_past_the_mark_are_never_handed_out(
     client = redis_server.client()
     for i in range(200):
         token_range = allocator.allocate_many([(f"img-{i}", 97)])[0]
-        stored_mark = int(client.hget(f"{allocator_config.namespace}:allocator:state", "hwm"))
+        stored_mark = int(client.hget(RedisKeys(allocator_config.namespace).allocator_state, "hwm"))
         assert token_range.end <= stored_mark
 
 

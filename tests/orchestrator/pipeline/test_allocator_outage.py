@@ -24,7 +24,7 @@ from tests.support.waiting import wait_for
 from worker.encoding.text_tokenizer import HFTextTokenizer
 from worker.images.visual_tokens import visual_layout
 from worker.images.vlm_family import detect_family, read_image_params
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -22,7 +22,7 @@ from tests.support.pipeline_fixtures import (
 )
 from worker.actors.stats import ActorStats
 from worker.generation import FinishReason
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -31,7 +31,7 @@ from tests.support.pipeline_fixtures import (
     running_pipeline,
 )
 from worker.actors.fault_injection import FaultInjection
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -27,7 +27,7 @@ from tests.support.driver_objects import (
 from tests.support.pipeline_fixtures import outcomes_by_id, running_pipeline
 from tests.support.tiny_model_dirs import edit_json
 from worker.actors.stats import ActorStats
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 from worker.tiny.model import write_tiny_model
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")

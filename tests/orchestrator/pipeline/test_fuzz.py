@@ -20,7 +20,7 @@ from tests.support.bad_jobs import KINDS, BadJob, bad_job, encoded
 from tests.support.pipeline_fixtures import IMAGES, running_pipeline
 from worker.actors.generator import GenerationCall
 from worker.generation import GenerationResult
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

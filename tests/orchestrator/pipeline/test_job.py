@@ -18,7 +18,7 @@ from orchestrator.pipeline.job import (
 )
 from tests.support.bad_jobs import KINDS, around_checks, bad_job
 from worker.errors import InvalidRequestError, JobError
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 
 PNG = b"\x89PNG\r\n\x1a\n"  # the bytes are judged later, by decoding: any will do here
 

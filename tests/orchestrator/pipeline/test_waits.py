@@ -26,7 +26,7 @@ from tests.support.pipeline_fixtures import (
     running_pipeline,
 )
 from tests.support.waiting import wait_for
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -3,11 +3,13 @@
 Each test starts its own actors under a unique name prefix and kills them at its end. What is
 checked is what Ray and the actors report from their own processes: `CUDA_VISIBLE_DEVICES`,
 actor states and repr names from Ray's state API, pids, and each process's count of
-ImageFeatures it unpickled.
+ImageFeatures it unpickled. One test runs the generator actor as a plain class, without Ray,
+and cancels its call's coroutine as `ray.cancel` does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -20,18 +22,22 @@ from typing import Any
 import pytest
 import ray
 from ray._private import state as ray_state
+from ray.exceptions import TaskCancelledError
 
 from orchestrator.pipeline.actor_pool import ActorPool, ActorsNotReadyError, PoolConfig
 from tests.support.driver_objects import features_received_here
 from tests.support.transformers_fixtures import pattern_image
-from worker.actors.generator import GenerationCall
+from tests.support.waiting import wait_for
+from worker.actors.generator import GenerationCall, GeneratorActor, GeneratorActorConfig
 from worker.actors.stats import ActorStats
 from worker.encoding.text_tokenizer import HFTextTokenizer
 from worker.engines import EngineConfig
+from worker.engines.transformers.dynamic_batcher import DynamicBatcher
 from worker.errors import AliasWithoutSpanError, JobError
+from worker.generation import GenerationResult
 from worker.images.visual_tokens import visual_layout
 from worker.images.vlm_family import detect_family, read_image_params
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 from worker.span import Span, SpanLayout
 from worker.token_range import RESERVED_ID_BASE, TokenRange
 
@@ -221,3 +227,59 @@ def _span_layout(model_dir: Path, width: int, height: int) -> SpanLayout:
     params = read_image_params(model_dir, family)
     special = HFTextTokenizer.from_model_dir(model_dir).special_pieces
     return visual_layout(width, height, params).span_layout(special)
+
+
+def engine_counts(actor: GeneratorActor) -> tuple[int, int]:
+    """Run in the actor's process: requests in its engine's batch now, and aborted so far."""
+    engine = actor.engine
+    assert isinstance(engine, DynamicBatcher)
+    return engine.num_running, engine.num_aborted
+
+
+def test_a_cancelled_generate_call_aborts_its_request_in_the_engine(model_dir: Path) -> None:
+    # The actor as a plain class, on this process's event loop: what Ray does on ray.cancel is
+    # cancel the call's coroutine, as the test does here.
+    config = GeneratorActorConfig("in-process", EngineConfig(str(model_dir), max_batch_size=1))
+    actor = GeneratorActor(config)
+    long = GenerationCall("long", "[INST]Hello[/INST]", (), SamplingParams(max_new_tokens=2000))
+    short = GenerationCall("short", "[INST]Hi[/INST]", (), SamplingParams(max_new_tokens=3))
+
+    async def scenario() -> GenerationResult:
+        call = asyncio.get_running_loop().create_task(actor.generate(long))
+        await asyncio.sleep(0)  # the call runs up to its wait on the engine
+        wait_for(lambda: engine_counts(actor) == (1, 0), "the request in the engine's batch")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        wait_for(lambda: engine_counts(actor)[0] == 0, "the batch slot freed")
+        return await actor.generate(short)
+
+    try:
+        result = asyncio.run(scenario())
+        assert engine_counts(actor)[1] == 1  # aborted once, not run to its end
+        assert actor.stats().num_active == 0
+        assert result.num_completion_tokens == 3
+    finally:
+        actor.engine.close()
+
+
+def test_ray_cancel_of_a_generate_call_aborts_it_in_the_engine(start_pool: Any) -> None:
+    pool = start_pool(num_vision_actors=1, num_generator_actors=1)
+    pool.wait_until_ready(READY_TIMEOUT_S)
+    generator = pool.generators[0]
+
+    def counts() -> tuple[int, int]:
+        result: tuple[int, int] = ray.get(generator.__ray_call__.remote(engine_counts), timeout=60)
+        return result
+
+    call = GenerationCall("long", "[INST]Hello[/INST]", (), SamplingParams(max_new_tokens=2000))
+    long = generator.generate.remote(call)
+    wait_for(lambda: counts() == (1, 0), "the request in the engine's batch")
+    ray.cancel(long)
+    with pytest.raises(TaskCancelledError):
+        ray.get(long, timeout=60)
+    wait_for(lambda: counts() == (0, 1), "the request aborted in the engine")
+    after = stats(generator)
+    assert (after.num_active, after.num_completed, after.num_failed) == (0, 0, 0)
+    fine = GenerationCall("fine", "[INST]Hello[/INST]", (), SamplingParams(max_new_tokens=3))
+    assert ray.get(generator.generate.remote(fine), timeout=60).num_completion_tokens == 3

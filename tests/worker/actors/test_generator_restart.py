@@ -24,7 +24,7 @@ from orchestrator.pipeline.actor_pool import ActorPool, PoolConfig
 from worker.actors.generator import GenerationCall
 from worker.engines import EngineConfig
 from worker.generation import GenerationResult
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -14,7 +14,7 @@ import torch
 
 from worker.errors import InvalidRequestError
 from worker.generation import FinishReason, GenerationRequest, GenerationResult, Timings
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 
 
 @dataclass(frozen=True, slots=True)

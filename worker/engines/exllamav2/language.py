@@ -10,6 +10,9 @@ until the generator has finished every running request, then the whole page tabl
 starts. A narrower drop is not safe: a page's hash covers every token before it, so a page
 whose ancestors held image IDs can still be matched after those ancestors were reused.
 
+An aborted request is dropped from the waiting ones, or cancelled in the generator (which frees
+its pages), by the thread, between `iterate()` calls; the thread alone resolves futures.
+
 The thread survives anything one request does: what one request brings (its epochs, its
 prompt, its job, its results) fails that request alone; a failed `iterate()` fails the requests
 it ran. If the thread dies anyway, every request it holds fails with `EngineDiedError`, later
@@ -32,10 +35,11 @@ from worker.engines.epoch_gate import Admission, EpochGate
 from worker.engines.exllamav2.embeddings import EmbeddingCache, request_embeddings
 from worker.engines.exllamav2.jobs import FinishedJob, JobStream, make_job
 from worker.engines.exllamav2.model import ExLlamaV2Settings, ExLlamaV2Vlm, has_paged_attention
-from worker.engines.live_requests import LiveRequests, died
+from worker.engines.live_requests import AbortRequests, LiveRequests, died
 from worker.errors import (
     EngineClosedError,
     InvalidRequestError,
+    JobCancelledError,
     PromptTooLongError,
     VlmqError,
 )
@@ -61,6 +65,9 @@ class GeneratorSeam(Protocol):
     def reset_page_table(self) -> None:
         """Forget every cached page; only while no job is queued or running."""
 
+    def cancel(self, job: Any) -> None:
+        """Take a queued or running job out of the generator, freeing its pages."""
+
     def clear_queue(self) -> None: ...
 
 
@@ -84,6 +91,13 @@ class _Submitted:
     submitted_at: float  # time.time(), the clock of exllamav2's own timings
 
 
+@dataclass(frozen=True, slots=True)
+class _Running:
+    submitted: _Submitted
+    stream: JobStream
+    job: Any  # the ExLlamaV2DynamicJob in the generator, for `cancel`
+
+
 class ExLlamaV2Language:
     def __init__(
         self,
@@ -105,9 +119,12 @@ class ExLlamaV2Language:
         self._recent: deque[FinishedJob] = deque(maxlen=self.settings.num_recent_results)
         self._incoming: queue.SimpleQueue[_Submitted | None] = queue.SimpleQueue()
         self._waiting: deque[_Submitted] = deque()  # received, not yet in the generator
-        self._streams: dict[int, tuple[_Submitted, JobStream]] = {}  # by job serial
+        self._streams: dict[int, _Running] = {}  # by job serial
         self._reset_pending = False  # a newer epoch waits for the generator to drain
         self._live: LiveRequests[_Submitted] = LiveRequests()
+        # Futures of requests to drop between iterations; a future leaves once done.
+        self._aborts = AbortRequests()
+        self.num_aborted = 0  # requests dropped or cancelled in the generator by abort()
         self._thread = threading.Thread(target=self._run, name=f"vlmq-{vlm.family}", daemon=True)
         self._thread.start()
 
@@ -122,11 +139,15 @@ class ExLlamaV2Language:
         self._live.admit(submitted, future, self._incoming.put)
         return future
 
+    def abort(self, future: Future[GenerationResult]) -> None:
+        """Drop the request of `future` between iterations; see `LanguageEngine.abort`."""
+        self._aborts.ask(future, self._live, lambda request: request.future)
+
     def close(self) -> None:
         self._live.close(lambda: self._incoming.put(None))
         self._thread.join()
-        for submitted, _ in self._streams.values():
-            _fail(submitted.future, EngineClosedError("the engine closed while it ran"))
+        for running in self._streams.values():
+            _fail(running.submitted.future, EngineClosedError("the engine closed while it ran"))
         self._streams.clear()
         try:
             if self.generator.num_remaining_jobs():
@@ -172,6 +193,7 @@ class ExLlamaV2Language:
         try:
             while not self._live.closed.is_set():
                 self._receive()
+                self._drop_aborted()
                 self._start_waiting()
                 if self.generator.num_remaining_jobs() and not self._live.closed.is_set():
                     self._step()
@@ -201,6 +223,31 @@ class ExLlamaV2Language:
                 return
             self._waiting.append(submitted)
             block = False
+
+    def _drop_aborted(self) -> None:
+        """Fail aborted requests: drop waiting ones, cancel running ones in the generator."""
+        aborted = self._aborts.pending()
+        if not aborted:
+            return
+        for submitted in [s for s in self._waiting if s.future in aborted]:
+            self._waiting.remove(submitted)
+            self._cancelled(submitted)
+        for serial, running in list(self._streams.items()):
+            if running.submitted.future not in aborted:
+                continue
+            del self._streams[serial]
+            try:
+                self.generator.cancel(running.job)
+            except Exception:  # its later results find no stream and are dropped
+                log.exception("could not cancel request %s in exllamav2",
+                              running.submitted.request.request_id)
+            self._cancelled(running.submitted)
+
+    def _cancelled(self, submitted: _Submitted) -> None:
+        if not submitted.future.done():
+            self.num_aborted += 1
+            message = f"request {submitted.request.request_id} was aborted"
+            submitted.future.set_exception(JobCancelledError(message))
 
     def _start_waiting(self) -> None:
         """Move waiting requests into the generator, in order, under the epoch rule."""
@@ -237,15 +284,15 @@ class ExLlamaV2Language:
             _fail_alone(submitted, error)
             return
         stream = JobStream(request, waited_s=time.time() - submitted.submitted_at)
-        self._streams[serial] = (submitted, stream)
+        self._streams[serial] = _Running(submitted, stream, job)
 
     def _step(self) -> None:
         try:
             results = self.generator.iterate()
         except Exception as error:
             log.exception("exllamav2 iterate failed; failing its %d requests", len(self._streams))
-            for submitted, _ in self._streams.values():
-                _fail(submitted.future, error)
+            for running in self._streams.values():
+                _fail(running.submitted.future, error)
             self._streams.clear()
             try:
                 self.generator.clear_queue()
@@ -256,9 +303,10 @@ class ExLlamaV2Language:
             serial = _serial(result)
             if serial is None or serial not in self._streams:
                 continue  # not a job of ours (or unreadable): its later results will tell
-            submitted, stream = self._streams[serial]
+            running = self._streams[serial]
+            submitted = running.submitted
             try:
-                finished = stream.receive(result)
+                finished = running.stream.receive(result)
             except Exception as error:  # a final result this engine cannot read
                 del self._streams[serial]
                 _fail_alone(submitted, error)

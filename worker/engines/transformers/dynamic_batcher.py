@@ -2,7 +2,8 @@
 
 Requests join the running batch between steps and leave it when they finish, so one long
 request never holds back the rest. The thread is the only one that touches the model (GPU and
-CPU steps never run on an event loop); callers wait on futures.
+CPU steps never run on an event loop); callers wait on futures. An aborted request leaves at the
+next step boundary; the thread alone resolves futures, so an abort never races a result.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Collection
 from concurrent.futures import Future
 from typing import Protocol
 
 import torch
 
-from worker.engines.live_requests import LiveRequests, died
+from worker.engines.live_requests import AbortRequests, LiveRequests, died
 from worker.engines.transformers.sequence import Sequence
-from worker.errors import EngineClosedError, VlmqError
+from worker.errors import EngineClosedError, JobCancelledError, VlmqError
 from worker.generation import GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
@@ -58,10 +60,15 @@ class DynamicBatcher:
     def __init__(self, model: StepModel, name: str = "vlmq-engine") -> None:
         self._model = model
         self._incoming: queue.SimpleQueue[Sequence | None] = queue.SimpleQueue()
-        self._running: list[Sequence] = []  # the engine thread's own, until close() joins it
+        # The engine thread's own, until close() joins it: received, not yet prefilled; running.
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []
         self._live: LiveRequests[Sequence] = LiveRequests()
+        # Futures of requests to drop at the next step boundary; a future leaves once done.
+        self._aborts = AbortRequests()
         self.num_steps = 0
         self.max_batch_seen = 0  # largest number of sequences one decode step advanced
+        self.num_aborted = 0  # requests dropped or taken out of the batch by abort()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -69,6 +76,11 @@ class DynamicBatcher:
     def failure(self) -> BaseException | None:
         """What killed the engine's thread; None while it runs and after a clean close."""
         return self._live.failure
+
+    @property
+    def num_running(self) -> int:
+        """Sequences in the batch now (a snapshot: the engine thread changes it)."""
+        return len(self._running)
 
     def submit(self, request: GenerationRequest) -> Future[GenerationResult]:
         future: Future[GenerationResult] = Future()
@@ -80,12 +92,17 @@ class DynamicBatcher:
         self._live.admit(sequence, future, self._incoming.put)
         return future
 
+    def abort(self, future: Future[GenerationResult]) -> None:
+        """Drop the request of `future` at the next step boundary; see `LanguageEngine.abort`."""
+        self._aborts.ask(future, self._live, lambda request: request.future)
+
     def close(self) -> None:
         self._live.close(lambda: self._incoming.put(None))
         self._thread.join()
         for sequence in self._running:
             self._fail(sequence, EngineClosedError("the engine closed while it ran"))
         self._running = []
+        self._waiting.clear()
         for sequence in self._live.snapshot():
             self._fail(sequence, EngineClosedError("the engine closed first"))
         while True:
@@ -97,6 +114,8 @@ class DynamicBatcher:
     def _run(self) -> None:
         try:
             while not self._live.closed.is_set():
+                self._receive()
+                self._drop_aborted()
                 self._admit()
                 if self._running and not self._live.closed.is_set():
                     self._step()
@@ -108,16 +127,38 @@ class DynamicBatcher:
         for sequence in self._live.die(error):
             self._fail(sequence, died(error))
         self._running = []
+        self._waiting.clear()
 
-    def _admit(self) -> None:
-        """Prefill waiting requests while the batch has room; block only when idle."""
-        while len(self._running) < self._model.max_batch_size:
+    def _receive(self) -> None:
+        """Take every submitted request, so an abort finds it; block only when idle."""
+        block = not self._running and not self._waiting
+        while True:
             try:
-                sequence = self._incoming.get(block=not self._running)
+                sequence = self._incoming.get(block=block)
             except queue.Empty:
                 return
-            if sequence is None:
+            if sequence is None:  # close() wakes the thread
                 return
+            self._waiting.append(sequence)
+            block = False
+
+    def _drop_aborted(self) -> None:
+        """Fail aborted requests, queued or running; a running one's state is released."""
+        aborted = self._aborts.pending()
+        if not aborted:
+            return
+        for sequence in [*self._waiting, *self._running]:
+            if sequence.future in aborted and not sequence.future.done():
+                self.num_aborted += 1
+                message = f"request {sequence.request.request_id} was aborted"
+                self._fail(sequence, JobCancelledError(message))
+        self._waiting = deque(s for s in self._waiting if not s.future.done())
+        self._running = [s for s in self._running if not s.future.done()]
+
+    def _admit(self) -> None:
+        """Prefill waiting requests, in order, while the batch has room."""
+        while self._waiting and len(self._running) < self._model.max_batch_size:
+            sequence = self._waiting.popleft()
             if sequence.future.set_running_or_notify_cancel():
                 self._start(sequence)
 

@@ -53,7 +53,7 @@ from worker.errors import (
 )
 from worker.generation import FinishReason, GenerationRequest, GenerationResult
 from worker.images.vlm_family import VlmFamily
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 from worker.span import Span
 from worker.tiny.model import write_tiny_model
 from worker.token_range import RESERVED_ID_BASE, TokenRange

@@ -17,7 +17,7 @@ from worker.engines.exllamav2.language import ExLlamaV2Language
 from worker.engines.exllamav2.model import ExLlamaV2Settings, ExLlamaV2Vlm, load_exllamav2_vlm
 from worker.errors import EngineDiedError, InvalidRequestError
 from worker.generation import FinishReason, GenerationRequest
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 from worker.span import Span
 from worker.tiny.model import write_tiny_model
 from worker.token_range import RESERVED_ID_BASE, TokenRange

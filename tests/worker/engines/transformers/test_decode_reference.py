@@ -31,7 +31,7 @@ from worker.engines.transformers.model import TransformersVlm
 from worker.engines.transformers.sequence import Sequence
 from worker.engines.transformers.vision import TransformersVision
 from worker.generation import GenerationRequest
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 from worker.span import Span
 from worker.token_range import RESERVED_ID_BASE, TokenRange
 

@@ -20,7 +20,7 @@ from worker.errors import (
     PromptTooLongError,
 )
 from worker.generation import FinishReason, GenerationRequest, GenerationResult
-from worker.sampling import SamplingParams
+from worker.sampling_params import SamplingParams
 from worker.span import Span
 from worker.token_range import RESERVED_ID_BASE, TokenRange
 

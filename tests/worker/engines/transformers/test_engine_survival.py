@@ -21,7 +21,7 @@ from worker.engines.transformers.model import TransformersVlm
 from worker.engines.transformers.sequence import Sequence
 from worker.errors import EngineDiedError, InvalidRequestError
 from worker.generation import FinishReason, GenerationRequest, GenerationResult
-from worker.sampling import (
+from worker.sampling_params import (
     MAX_SEED,
     MAX_STOP_STRING_CHARS,
     MAX_STOP_STRINGS,

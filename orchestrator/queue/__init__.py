@@ -1,0 +1,1 @@
+"""The durable Redis job queue: its wire schema, client and server."""

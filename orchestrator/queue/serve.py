@@ -1,0 +1,103 @@
+"""`vlmq serve`: a Pipeline on a Ray cluster, fed by a QueueServer on one queue.
+
+SIGTERM and SIGINT drain (see `orchestrator/queue/server.py`); a second signal does not cut
+the drain short, the grace period does. `ServerThread` runs the same server on a thread of
+its own, for `vlmq demo` and the benchmarks, which submit from the main thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+
+from orchestrator.pipeline.config import PipelineConfig
+from orchestrator.pipeline.driver import Pipeline
+from orchestrator.queue.config import QueueConfig
+from orchestrator.queue.runner import JobRunner
+from orchestrator.queue.server import QueueServer
+
+log = logging.getLogger(__name__)
+
+
+def serve(queue_config: QueueConfig, pipeline_config: PipelineConfig) -> int:
+    """Serve until SIGTERM or SIGINT, then drain; Ray must be initialised."""
+    pipeline = Pipeline(pipeline_config)
+    pipeline.start()
+    try:
+        server = QueueServer(queue_config, pipeline)
+        asyncio.run(serve_until_signalled(server, pipeline_config.engine.model_dir))
+    finally:
+        pipeline.close()
+    counts = ", ".join(f"{k} {v}" for k, v in server.counters.as_dict().items() if v)
+    print(f"vlmq serve: stopped ({counts or 'nothing done'})", flush=True)
+    return 0
+
+
+async def serve_until_signalled(server: QueueServer, what: str) -> None:
+    """Run the server; SIGTERM and SIGINT make it drain. Prints one line once it serves."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _stopper(server, signum))
+    running = asyncio.create_task(server.run())
+    ready = asyncio.create_task(server.ready.wait())
+    await asyncio.wait([running, ready], return_when=asyncio.FIRST_COMPLETED)
+    if server.ready.is_set():
+        config = server.config
+        print(
+            f"vlmq serve: serving queue {config.queue!r} of namespace {config.namespace!r} "
+            f"with {what} as {config.consumer}, "
+            f"up to {server.runner.capacity} jobs at once",
+            flush=True,
+        )
+    ready.cancel()
+    await running
+
+
+def _stopper(server: QueueServer, signum: int) -> Callable[[], None]:
+    def stop() -> None:
+        print(f"vlmq serve: {signal.Signals(signum).name}: draining", flush=True)
+        server.stop()
+
+    return stop
+
+
+class ServerThread:
+    """A QueueServer on a thread and event loop of its own."""
+
+    def __init__(self, config: QueueConfig, runner: JobRunner) -> None:
+        self.server = QueueServer(config, runner)
+        self._done: Future[object] = Future()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="vlmq-queue-server", daemon=True)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        self._thread.start()
+        ready: Future[object] = asyncio.run_coroutine_threadsafe(
+            self.server.ready.wait(), self._loop
+        )
+        wait([ready, self._done], timeout_s, return_when=FIRST_COMPLETED)
+        if self._done.done():
+            self._done.result()  # it ended before it was ready: say why
+        ready.result(0)  # TimeoutError if it is still not ready
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Drain and stop; re-raises what ended the server, if it failed."""
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self.server.stop)
+            self._thread.join(timeout_s)
+        self._done.result(0)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self.server.run())
+            self._done.set_result(None)
+        except BaseException as error:
+            log.exception("queue server failed")
+            self._done.set_exception(error)
+        finally:
+            self._loop.close()
