@@ -322,23 +322,25 @@ class Batch:
         come first. Ends once the batch has no unfinished job and every event is read.
         """
         last = "0-0"
+        block_ms = round(block_s * 1000)
         while True:
-            reply: Any = self.client.redis.xread(
-                {self.keys.events: last}, count=500, block=round(block_s * 1000)
-            )
-            events = reply[0][1] if reply else []
+            events = self._events_after(last, block_ms)
             if events:
                 last = _text(events[-1][0])
                 job_ids = [_text(fields[b"job"]) for _, fields in events]
                 for result in self.client._results(job_ids):
                     if result is not None:
                         yield result
-            elif self.counts().open == 0:
-                # Nothing new, and nothing unfinished: one last read closes the race with an
-                # event written between the read above and the count.
-                tail = self.client.redis.xread({self.keys.events: last}, count=500)
-                if not tail:
-                    return
+            # Done once nothing is unfinished and no event is left unread (read again without
+            # blocking, to close the race with an event written before the count).
+            if self.counts().open == 0 and not self._events_after(last, None):
+                return
+
+    def _events_after(self, last: str, block_ms: int | None) -> list[Any]:
+        reply: Any = self.client.redis.xread(
+            {self.keys.events: last}, count=500, block=block_ms
+        )
+        return list(reply[0][1]) if reply else []
 
     def wait(self, timeout_s: float | None = None) -> BatchCounts:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

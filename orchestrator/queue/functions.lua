@@ -583,6 +583,10 @@ local function finish(keys, args)
         elseif action == 'succeeded' or action == 'failed' or action == 'cancelled' then
             finalize(tally, jkey, job_id, job, action, now, nil, result)
             table.insert(answers, action)
+        elseif job.cancel == '1' and (action == 'retry' or action == 'release') then
+            -- Its user asked to cancel it: it ends here instead of running again.
+            finalize(tally, jkey, job_id, job, 'cancelled', now, 'cancelled', result)
+            table.insert(answers, 'cancelled')
         elseif action == 'retry' then
             if tonumber(job.deliveries) >= tonumber(job.max_deliveries) then
                 dead_letter(tally, jkey, job_id, job, now,
@@ -625,7 +629,10 @@ local function reap(keys, args)
             'LIMIT', 0, limit)) do
         local jkey = job_key(tally.tag, job_id)
         local job = read_job(jkey)
-        if job and job.state == 'running' then
+        if job and job.state == 'running' and job.cancel == '1' then
+            finalize(tally, jkey, job_id, job, 'cancelled', now,
+                'lease of ' .. job.owner .. ' expired after a cancel was asked; cancelled', nil)
+        elseif job and job.state == 'running' then
             requeue(tally, jkey, job_id, job, now,
                 'lease of ' .. job.owner .. ' expired; requeued', tonumber(job.deliveries))
             requeued = requeued + 1

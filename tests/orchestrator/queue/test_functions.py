@@ -188,6 +188,25 @@ def test_cancel_of_a_running_job_flags_it_for_its_server(client: redis.Redis) ->
         client.fcall("vlmq_cancel", 1, KEYS.job("never"))
 
 
+def test_a_cancelled_running_job_never_runs_again(client: redis.Redis) -> None:
+    """Its server died after the cancel was asked, or handed it back, or it failed: either
+    way it ends cancelled instead of going back to its lane."""
+    for job_id in ("lost", "released", "failed"):
+        submit(client, job_id)
+    _, claims = claim(client, 3, lease_ms=1)
+    fences = {job: fence for job, fence, _ in claims}
+    for job_id in fences:
+        assert client.fcall("vlmq_cancel", 1, KEYS.job(job_id)) == [b"running"]
+    time.sleep(0.01)
+    assert finish(client, ("released", fences["released"], "release")) == ["cancelled"]
+    args = ["failed", fences["failed"], "retry", "10", "an error"]
+    assert client.fcall("vlmq_finish", 1, QUEUE.base, *args) == [b"cancelled"]
+    assert client.fcall("vlmq_reap", 1, QUEUE.base, "100") == [0, 0]
+    assert [state(client, job) for job in ("lost", "released", "failed")] == ["cancelled"] * 3
+    assert claim(client, 10)[1] == []
+    assert client.hget(QUEUE.base, "open") == b"0"
+
+
 def test_the_backlog_cap_refuses_and_trims_nothing(client: redis.Redis) -> None:
     client.hset(QUEUE.base, "max_backlog", 3)
     for i in range(3):

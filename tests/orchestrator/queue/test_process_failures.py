@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,25 +36,25 @@ def client(redis_server: PrivateRedisServer, namespace: str) -> Iterator[Client]
 
 
 @pytest.fixture
-def serves(
+def start_serve(
     redis_server: PrivateRedisServer, namespace: str, tmp_path: Path
-) -> Iterator[list[ServeProcess]]:
+) -> Iterator[Callable[..., ServeProcess]]:
+    """Starts a scripted serve process on the test's queue; every one is stopped afterwards."""
     made: list[ServeProcess] = []
-    yield made
+
+    def start(lease_s: float = 2.0) -> ServeProcess:
+        process = ServeProcess(
+            "tests.support.scripted_serve", "--redis-url", redis_server.url, "--queue", QUEUE,
+            "--namespace", namespace, "--lease-s", str(lease_s), "--capacity", "8",
+            "--drain-grace-s", "2",
+            log=tmp_path / f"serve-{len(made)}.log",
+        )
+        made.append(process)
+        return process.start()
+
+    yield start
     for process in made:
         process.stop()
-
-
-def scripted_serve(redis_server: PrivateRedisServer, namespace: str, tmp_path: Path,
-                   made: list[ServeProcess], lease_s: float = 2.0) -> ServeProcess:
-    process = ServeProcess(
-        "tests.support.scripted_serve", "--redis-url", redis_server.url, "--queue", QUEUE,
-        "--namespace", namespace, "--lease-s", str(lease_s), "--capacity", "8",
-        "--drain-grace-s", "2",
-        log=tmp_path / f"serve-{len(made)}.log",
-    )
-    made.append(process)
-    return process.start()
 
 
 def sleeping_jobs(n: int, seconds: float) -> list[JobSpec]:
@@ -62,16 +62,15 @@ def sleeping_jobs(n: int, seconds: float) -> list[JobSpec]:
 
 
 def test_kill_9_mid_batch_then_restart_completes_every_job_once(
-    redis_server: PrivateRedisServer, namespace: str, tmp_path: Path, client: Client,
-    serves: list[ServeProcess],
+    client: Client, start_serve: Callable[..., ServeProcess]
 ) -> None:
-    first = scripted_serve(redis_server, namespace, tmp_path, serves)
+    first = start_serve()
     batch = client.new_batch()
     receipts = batch.submit_many(sleeping_jobs(60, 0.1))
     wait_for(lambda: batch.counts().succeeded >= 10, "some jobs done")
     first.kill()
     assert batch.counts().running > 0  # it died holding jobs
-    scripted_serve(redis_server, namespace, tmp_path, serves)
+    start_serve()
     wait_for(lambda: batch.counts().done, "every job done", timeout_s=120)
     history = check_history(client, batch, receipts, QUEUE)
     assert history.count(JobState.SUCCEEDED) == 60
@@ -80,14 +79,13 @@ def test_kill_9_mid_batch_then_restart_completes_every_job_once(
 
 
 def test_a_stopped_server_past_its_lease_loses_the_job_and_its_late_result(
-    redis_server: PrivateRedisServer, namespace: str, tmp_path: Path, client: Client,
-    serves: list[ServeProcess],
+    client: Client, start_serve: Callable[..., ServeProcess]
 ) -> None:
-    zombie = scripted_serve(redis_server, namespace, tmp_path, serves, lease_s=1.0)
+    zombie = start_serve(lease_s=1.0)
     client.submit(JobSpec("held", QUEUE, "sleep:3"))
     wait_for(lambda: client.status("held").state is JobState.RUNNING, "held runs")
     zombie.signal(signal.SIGSTOP)  # alive, but silent: no renewals
-    scripted_serve(redis_server, namespace, tmp_path, serves, lease_s=1.0)
+    start_serve(lease_s=1.0)
     result = client.wait("held", timeout_s=60)
     assert result.state is JobState.SUCCEEDED and result.deliveries == 2
     zombie.signal(signal.SIGCONT)  # it finishes its run and tries to report it
@@ -108,10 +106,9 @@ def test_a_stopped_server_past_its_lease_loses_the_job_and_its_late_result(
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_drains_and_hands_back_at_once(
-    redis_server: PrivateRedisServer, namespace: str, tmp_path: Path, client: Client,
-    serves: list[ServeProcess], signum: int,
+    client: Client, start_serve: Callable[..., ServeProcess], signum: int
 ) -> None:
-    server = scripted_serve(redis_server, namespace, tmp_path, serves, lease_s=60.0)
+    server = start_serve(lease_s=60.0)
     batch = client.new_batch()
     receipts = batch.submit_many(
         [JobSpec("short", QUEUE, "sleep:0.5"), JobSpec("long", QUEUE, "sleep:600")]
@@ -133,11 +130,10 @@ def test_a_stop_signal_drains_and_hands_back_at_once(
 
 
 def test_two_serves_share_the_work_and_killing_one_loses_nothing(
-    redis_server: PrivateRedisServer, namespace: str, tmp_path: Path, client: Client,
-    serves: list[ServeProcess],
+    client: Client, start_serve: Callable[..., ServeProcess]
 ) -> None:
-    first = scripted_serve(redis_server, namespace, tmp_path, serves)
-    scripted_serve(redis_server, namespace, tmp_path, serves)
+    first = start_serve()
+    start_serve()
     batch = client.new_batch()
     receipts = batch.submit_many(sleeping_jobs(80, 0.05))
     wait_for(lambda: batch.counts().succeeded >= 20, "some jobs done")
