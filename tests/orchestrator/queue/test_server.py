@@ -173,3 +173,22 @@ def test_encode_job_is_what_the_server_reads(rig: QueueRig) -> None:
     rig.client.redis.fcall("vlmq_submit", 1, rig.client.keys.queue(QUEUE).base, "raw", "1",
                            payload)
     assert rig.client.wait("raw", timeout_s=30).text == "war olleh"
+
+
+def test_a_server_that_lost_a_lease_abandons_the_job_and_reports_nothing(rig: QueueRig) -> None:
+    """Another claim took the job (as after a pause past the lease): the next renewal says
+    `lost`; the server cancels its run and writes nothing, not even a refused write."""
+    runner = ScriptedRunner(capacity=1)  # full while it runs the job: it claims no more
+    server = rig.start_server(runner, renew_every_s=0.3)
+    rig.client.submit(spec("taken", "sleep:60"))
+    wait_for(lambda: rig.client.status("taken").state is JobState.RUNNING, "it runs")
+    keys = rig.client.keys.queue(QUEUE)
+    rig.client.redis.zadd(keys.leases, {"taken": 0})  # its lease ends now
+    assert rig.client.redis.fcall("vlmq_reap", 1, keys.base, "10") == [1, 0]
+    reply = rig.client.redis.fcall("vlmq_claim", 1, keys.base, "someone-else", "1", "60000")
+    assert reply[1] == b"taken"
+    wait_for(lambda: server.server.counters.leases_lost == 1, "the renewal finds it lost")
+    wait_for(lambda: runner.cancelled == ["taken"], "its run cancelled")
+    assert rig.client.redis.hget(keys.base, "stale_refused") is None
+    assert server.server.counters.stale_refused == 0 and server.server.held == 0
+    assert rig.client.status("taken").state is JobState.RUNNING  # the other claim's now
