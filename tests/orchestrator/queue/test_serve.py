@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import ray
 
+from orchestrator.pipeline.driver import Pipeline
 from orchestrator.private_redis import PrivateRedisServer
 from orchestrator.queue.client import Client
 from orchestrator.queue.config import QueueConfig
@@ -48,23 +50,34 @@ def client(redis_server: PrivateRedisServer, namespace: str) -> Iterator[Client]
     client.close()
 
 
+@contextmanager
+def served_pipeline(
+    model_dir: Path, redis_server: PrivateRedisServer, namespace: str, num_generators: int
+) -> Iterator[Pipeline]:
+    """A started pipeline with a queue server over it (as `vlmq serve` runs them)."""
+    with running_pipeline(
+        model_dir, redis_server.url, pool_num_generator_actors=num_generators
+    ) as pipeline:
+        server = ServerThread(QueueConfig(redis_server.url, QUEUE, namespace), pipeline)
+        server.start()
+        try:
+            yield pipeline
+        finally:
+            server.stop()
+
+
 def test_killed_generators_under_the_server_cost_no_job(
     ray_cluster: None, model_dir: Path, redis_server: PrivateRedisServer, namespace: str,
     client: Client,
 ) -> None:
-    with running_pipeline(model_dir, redis_server.url, pool_num_generator_actors=2) as pipeline:
-        server = ServerThread(QueueConfig(redis_server.url, QUEUE, namespace), pipeline)
-        server.start()
-        try:
-            batch = client.new_batch()
-            receipts = batch.submit_many(specs(30, "k", max_new_tokens=24))
-            wait_for(lambda: batch.counts().succeeded >= 3, "some jobs done", 120)
-            for generator in pipeline.pool.generators:
-                ray.kill(generator, no_restart=False)  # Ray restarts them
-            wait_for(lambda: batch.counts().done, "every job done", 300)
-            history = check_history(client, batch, receipts, QUEUE)
-        finally:
-            server.stop()
+    with served_pipeline(model_dir, redis_server, namespace, num_generators=2) as pipeline:
+        batch = client.new_batch()
+        receipts = batch.submit_many(specs(30, "k", max_new_tokens=24))
+        wait_for(lambda: batch.counts().succeeded >= 3, "some jobs done", 120)
+        for generator in pipeline.pool.generators:
+            ray.kill(generator, no_restart=False)  # Ray restarts them
+        wait_for(lambda: batch.counts().done, "every job done", 300)
+        history = check_history(client, batch, receipts, QUEUE)
     assert history.count(JobState.SUCCEEDED) == 30
     assert pipeline.progress.retries > 0  # the kills hit running requests
 
@@ -73,26 +86,21 @@ def test_a_running_job_cancelled_through_the_queue_leaves_its_engine(
     ray_cluster: None, model_dir: Path, redis_server: PrivateRedisServer, namespace: str,
     client: Client,
 ) -> None:
-    with running_pipeline(model_dir, redis_server.url, pool_num_generator_actors=1) as pipeline:
-        server = ServerThread(QueueConfig(redis_server.url, QUEUE, namespace), pipeline)
-        server.start()
-        try:
-            long = JobSpec("long", QUEUE, "Tell a long story.",
-                           sampling=SamplingParams(max_new_tokens=4000))
-            client.submit(long)
-            generator = pipeline.pool.generators[0]
-            wait_for(lambda: ray.get(generator.stats.remote()).num_active == 1,
-                     "the long job generates", 120)
-            assert client.cancel("long") is JobState.RUNNING
-            result = client.wait("long", timeout_s=60)
-            assert result.state is JobState.CANCELLED and result.error is not None
-            assert result.error.type == "JobCancelledError" and not result.error.job_fault
-            wait_for(lambda: ray.get(generator.stats.remote()).num_active == 0,
-                     "its engine slot freed", 60)
-            client.submit(specs(1, "after")[0])
-            assert client.wait("after-0", timeout_s=120).state is JobState.SUCCEEDED
-        finally:
-            server.stop()
+    with served_pipeline(model_dir, redis_server, namespace, num_generators=1) as pipeline:
+        long = JobSpec("long", QUEUE, "Tell a long story.",
+                       sampling=SamplingParams(max_new_tokens=4000))
+        client.submit(long)
+        generator = pipeline.pool.generators[0]
+        wait_for(lambda: ray.get(generator.stats.remote()).num_active == 1,
+                 "the long job generates", 120)
+        assert client.cancel("long") is JobState.RUNNING
+        result = client.wait("long", timeout_s=60)
+        assert result.state is JobState.CANCELLED and result.error is not None
+        assert result.error.type == "JobCancelledError" and not result.error.job_fault
+        wait_for(lambda: ray.get(generator.stats.remote()).num_active == 0,
+                 "its engine slot freed", 60)
+        client.submit(specs(1, "after")[0])
+        assert client.wait("after-0", timeout_s=120).state is JobState.SUCCEEDED
 
 
 def test_vlmq_serve_killed_mid_batch_and_started_again_completes_every_job_once(

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Collection
 from concurrent.futures import Future
 
 import pytest
 import torch
 
+from tests.support.step_models import WrappedStepModel
 from tests.support.waiting import wait_for
 from tests.worker.engines.transformers.test_engine import requests, run_all
 from worker.engines.transformers.dynamic_batcher import DynamicBatcher
@@ -29,26 +29,15 @@ from worker.sampling_params import SamplingParams
 TIMEOUT_S = 120
 
 
-class SteppedModel:
+class SteppedModel(WrappedStepModel):
     """The real step model; each decode step waits for a permit (`allow`) and is recorded."""
 
     def __init__(self, inner: TransformersStepModel) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.permits = threading.Semaphore(0)
         self.batches: list[list[str]] = []  # the request IDs of each decode step, in order
         self.prefilled: list[str] = []
         self.released: list[str] = []
-
-    @property
-    def eos_token_ids(self) -> Collection[int]:
-        return self.inner.eos_token_ids
-
-    @property
-    def max_batch_size(self) -> int:
-        return self.inner.max_batch_size
-
-    def decode_text(self, ids: list[int]) -> str:
-        return self.inner.decode_text(ids)
 
     def prefill(self, sequence: Sequence) -> torch.Tensor:
         self.prefilled.append(sequence.request.request_id)

@@ -8,12 +8,12 @@ breaks only the requests whose ID starts with "hostile".
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
 from concurrent.futures import Future
 
 import pytest
 import torch
 
+from tests.support.step_models import WrappedStepModel
 from tests.worker.engines.transformers.test_engine import requests, run_all
 from worker.engines.transformers.dynamic_batcher import DynamicBatcher
 from worker.engines.transformers.language import TransformersStepModel, start_transformers_engine
@@ -39,7 +39,7 @@ class Fatal(BaseException):
     """Not an Exception: what a bug or an interpreter-level interrupt looks like to a thread."""
 
 
-class HostileStepModel:
+class HostileStepModel(WrappedStepModel):
     """The real step model; `how` says what it does to requests whose ID starts with "hostile".
 
     "no-logits": prefill gives an empty logits row, so sampling raises (on prefill's path).
@@ -49,20 +49,9 @@ class HostileStepModel:
     """
 
     def __init__(self, inner: TransformersStepModel, how: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.how = how
         self.num_decodes = 0
-
-    @property
-    def eos_token_ids(self) -> Collection[int]:
-        return self.inner.eos_token_ids
-
-    @property
-    def max_batch_size(self) -> int:
-        return self.inner.max_batch_size
-
-    def decode_text(self, ids: list[int]) -> str:
-        return self.inner.decode_text(ids)
 
     def prefill(self, sequence: Sequence) -> torch.Tensor:
         if self.how == "fatal-prefill":
