@@ -37,6 +37,7 @@ from orchestrator.queue.errors import QueueError
 from orchestrator.queue.schema import JobResult, JobSpec
 from orchestrator.queue.serve import ServerThread
 from orchestrator.queue.states import JobState
+from orchestrator.redis_connection import RedisSettings
 from worker.actors.stats import ActorStats
 from worker.engines import EngineConfig
 from worker.errors import JobError
@@ -94,7 +95,7 @@ class DemoRun:
     run_s: float  # from the first submit to the last result
 
 
-def run_demo(redis_url: str | None = None) -> int:
+def run_demo(redis_url: str | RedisSettings | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="vlmq-demo-") as scratch:
         server = None
         if redis_url is None:
@@ -117,7 +118,9 @@ def run_demo(redis_url: str | None = None) -> int:
     return 0
 
 
-def pipeline_config(model_dir: Path, redis_url: str, namespace: str) -> PipelineConfig:
+def pipeline_config(
+    model_dir: Path, redis_url: str | RedisSettings, namespace: str
+) -> PipelineConfig:
     return PipelineConfig(
         engine=EngineConfig(str(model_dir)),
         allocator=AllocatorConfig(redis_url, namespace=namespace),

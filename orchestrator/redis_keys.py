@@ -60,6 +60,11 @@ class RedisKeys:
     def queue(self, name: str) -> QueueKeys:
         return QueueKeys(self.tag, check_name("queue", name))
 
+    @property
+    def batch_deadlines(self) -> str:
+        """Sorted set: open batches with a completion window, scored by its end in ms."""
+        return f"{self.tag}:batch-deadlines"
+
     def batch(self, batch_id: str) -> BatchKeys:
         return BatchKeys(f"{self.tag}:batch:{batch_id}")
 
@@ -125,3 +130,13 @@ class BatchKeys:
     def events(self) -> str:
         """Stream: one entry (`job`, `state`) per job of the batch that reached a final state."""
         return f"{self.base}:events"
+
+    @property
+    def info(self) -> str:
+        """Hash: what the batch was opened with (its input file, deadline) and how it closed."""
+        return f"{self.base}:info"
+
+    @property
+    def line_errors(self) -> str:
+        """Hash: input line number -> JSON of the line's error, for lines never submitted."""
+        return f"{self.base}:line_errors"

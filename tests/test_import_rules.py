@@ -117,6 +117,19 @@ def rules(tree: SourceTree) -> tuple[ImportRule, ...]:
             ("orchestrator.pipeline", "orchestrator.allocator"),
             forbidden=("orchestrator.queue",),
         ),
+        ImportRule(
+            "orchestrator/batches reads files and speaks Redis, like the queue's client",
+            ("orchestrator.batches",),
+            forbidden=(
+                "torch", "ray", "transformers", "PIL", "orchestrator.pipeline",
+                "orchestrator.allocator", "orchestrator.queue.server",
+                "orchestrator.queue.serve", "orchestrator.queue.runner",
+            ),
+            # The text tokenizer only inside ChatTemplate.from_model_dir (tokenizers, no torch).
+            may_import=(
+                "worker.errors", "worker.sampling_params", "worker.encoding.text_tokenizer",
+            ),
+        ),
     )
 
 
@@ -129,7 +142,9 @@ QUEUE_CLIENT_SIDE = (
     "orchestrator.queue.library",
     "orchestrator.queue.config",
     "orchestrator.redis_keys",
+    "orchestrator.redis_connection",
     "orchestrator.job_limits",
+    "orchestrator.image_ref",
 )
 
 
@@ -248,6 +263,10 @@ BREAKS = {
     "the pipeline and the allocator never import the queue": (
         "orchestrator/pipeline/job.py",
         "from orchestrator.queue import schema\n",
+    ),
+    "orchestrator/batches reads files and speaks Redis, like the queue's client": (
+        "orchestrator/batches/chat_template.py",
+        "def f():\n    import torch\n",
     ),
 }
 

@@ -7,12 +7,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.redis_connection import RedisSettings
 from worker.token_range import RESERVED_ID_BASE
 
 
 @dataclass(frozen=True, slots=True)
 class AllocatorConfig:
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # A URL, or settings with a password and TLS files; held as RedisSettings once made. The
+    # config travels to the allocator actor through Ray (its own protocol, token-authenticated),
+    # password included; TLS files are paths, so they must exist on the node the actor runs on.
+    redis_url: str | RedisSettings = "redis://127.0.0.1:6379/0"
     namespace: str = "vlmq"  # prefix of the Redis keys; also part of the actor's name
     id_base: int = RESERVED_ID_BASE  # first reserved ID; exllamav2's embedding region starts here
     # One past the last usable ID. 2**31 keeps every ID inside int32 for any kernel that narrows
@@ -30,6 +34,7 @@ class AllocatorConfig:
     ray_namespace: str = "vlmq"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "redis_url", RedisSettings.of(self.redis_url))
         if self.id_base < 0 or self.id_limit <= self.id_base:
             raise ValueError(f"need 0 <= id_base < id_limit, got {self.id_base}, {self.id_limit}")
         for name in ("chunk_size", "lease_size", "max_keys", "sync_every"):
@@ -40,6 +45,10 @@ class AllocatorConfig:
         if self.lease_size > self.chunk_size:
             # The actor carves a lease from one reserved chunk.
             raise ValueError(f"lease_size {self.lease_size} exceeds chunk_size {self.chunk_size}")
+
+    @property
+    def redis(self) -> RedisSettings:
+        return RedisSettings.of(self.redis_url)
 
     @property
     def id_span(self) -> int:

@@ -90,7 +90,7 @@ class IdLedger:
     def __init__(self, config: AllocatorConfig, client: redis.Redis | None = None) -> None:
         self.config = config
         self.keys = RedisKeys(config.namespace)
-        self._redis = client or redis.Redis.from_url(config.redis_url, socket_timeout=5.0)
+        self._redis = client or config.redis.sync_client(socket_timeout=5.0)
         self._script = self._redis.register_script(_RESERVE_SCRIPT)
         # The highest epoch and the mark reached in it that this ledger has seen: if Redis
         # later shows less, its state was rolled back and the epoch must move on.
@@ -121,7 +121,7 @@ class IdLedger:
                     "Redis at %s does not log every write (appendonly yes, appendfsync always): "
                     "a Redis restart opens a new token-ID epoch, and generators drop cached "
                     "image pages",
-                    self.config.redis_url,
+                    self.config.redis.masked_url,
                 )
         return Reservation(block=block, reason=reason)
 
@@ -147,7 +147,7 @@ class IdLedger:
             except (redis.ConnectionError, redis.TimeoutError) as error:
                 if time.monotonic() >= deadline:
                     raise AllocatorStateUnavailableError(
-                        f"Redis at {self.config.redis_url} unreachable for "
+                        f"Redis at {self.config.redis.masked_url} unreachable for "
                         f"{self.config.redis_retry_seconds:.0f}s; no new token IDs issued: {error}"
                     ) from error
                 time.sleep(delay)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from orchestrator.allocator.config import AllocatorConfig
+from orchestrator.image_fetch import ImageSourcePolicy
 from orchestrator.pipeline.actor_pool import PoolConfig
 from worker.engines import EngineConfig
 from worker.images.decoding import ImageLimits
@@ -16,6 +17,8 @@ class PipelineConfig:
     allocator: AllocatorConfig
     pool: PoolConfig = field(default_factory=PoolConfig)
     image_limits: ImageLimits = field(default_factory=ImageLimits)
+    # What an ImageURL or ImagePath may read; by default public URLs only, no paths.
+    image_sources: ImageSourcePolicy = field(default_factory=ImageSourcePolicy)
     max_in_flight_per_generator: int = 16  # backpressure bound, per generator actor
     affinity_slack: int = 4  # how much busier an image's generator may be and still get it
     max_attempts: int = 3  # per request, counting each actor that died under it

@@ -440,7 +440,10 @@ class Pipeline:
         # sees them (an image that is not bytes would make its task raise).
         validate_job(job)
         check_image_count(len(job.images), self.config.image_limits)
-        refs = [self._prepare.remote(data, self.config.image_limits) for data in job.images]
+        refs = [
+            self._prepare.remote(source, self.config.image_limits, self.config.image_sources)
+            for source in job.images
+        ]
         answers = await asyncio.gather(*(meta for meta, _ in refs), return_exceptions=True)
         failed = [(answer, pixels) for answer, (_, pixels) in zip(answers, refs, strict=True)
                   if isinstance(answer, BaseException)]

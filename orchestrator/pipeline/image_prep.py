@@ -1,17 +1,24 @@
-"""The CPU stage of an image: decode, validate and hash, in a Ray task off the driver.
+"""The CPU stage of an image: read, decode, validate and hash, in a Ray task off the driver.
 
 The task returns two objects: a small `PreparedImage` the driver awaits (to key the image and
 size its token range), and the decoded image, which only a vision actor ever reads. A bad image
 is an answer, not a failure of the task: its `PreparedImage` carries the typed error and no
 image follows (a failed task would leave Ray an error object nobody reads).
+
+An image given by reference is read here, on the cluster side, under the pipeline's
+`ImageSourcePolicy`; from its bytes on it is an inline image: same decode, limits and digest,
+so the same picture gets the same image key however the job carried it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from PIL import Image
 
+from orchestrator.image_fetch import ImageFetchTransientError, ImageSourcePolicy, read_image_source
+from orchestrator.image_ref import ImageInput
 from orchestrator.pipeline.image_key import content_digest
 from worker.errors import ImageError
 from worker.images.decoding import ImageLimits, decode_image
@@ -19,10 +26,12 @@ from worker.images.decoding import ImageLimits, decode_image
 
 @dataclass(frozen=True, slots=True)
 class PreparedImage:
-    digest: bytes  # of the encoded bytes, as received
+    digest: bytes  # of the encoded bytes, as received or read; empty when they were not read
     width: int  # upright, after EXIF orientation; 0 when `error` is set
     height: int
-    error: ImageError | None = None  # why the image cannot be used
+    # Why the image cannot be used: an ImageError fails the job; a transient failure to read
+    # its source fails it as the system's fault, so the queue tries it again later.
+    error: ImageError | ImageFetchTransientError | None = None
 
     def check(self) -> None:
         if self.error is not None:
@@ -30,8 +39,15 @@ class PreparedImage:
 
 
 def prepare_image(
-    data: bytes, limits: ImageLimits
+    source: ImageInput, limits: ImageLimits, policy: ImageSourcePolicy
 ) -> tuple[PreparedImage, Image.Image | None]:
+    if policy.max_bytes > limits.max_bytes:
+        # Bytes past the decoder's limit would only be refused: stop reading there.
+        policy = dataclasses.replace(policy, max_bytes=limits.max_bytes)
+    try:
+        data = read_image_source(source, policy)
+    except (ImageError, ImageFetchTransientError) as error:
+        return PreparedImage(b"", 0, 0, error), None
     digest = content_digest(data)
     try:
         image = decode_image(data, limits)

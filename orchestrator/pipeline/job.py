@@ -14,6 +14,7 @@ from __future__ import annotations
 import reprlib
 from dataclasses import dataclass, field
 
+from orchestrator.image_ref import ImageInput, ImagePath, ImageURL
 from orchestrator.job_limits import IMAGE_PLACEHOLDER, MAX_JOB_ID_BYTES, MAX_PROMPT_BYTES
 from worker.errors import InvalidRequestError
 from worker.generation import GenerationResult
@@ -41,7 +42,9 @@ _short.maxstring = _short.maxother = 60
 class JobRequest:
     job_id: str
     prompt: str  # one IMAGE_PLACEHOLDER per image, in the order of `images`
-    images: tuple[bytes, ...] = ()  # encoded JPEG, PNG, WebP or GIF
+    # Each encoded JPEG, PNG, WebP or GIF, or an ImageURL or ImagePath read under the
+    # pipeline's ImageSourcePolicy (on the cluster, in the image's CPU task).
+    images: tuple[ImageInput, ...] = ()
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
     def __post_init__(self) -> None:
@@ -52,7 +55,7 @@ def validate_job(job: object) -> None:
     """Refuse a job the pipeline cannot run for its own fault, before any work is spent on it.
 
     Raises `InvalidRequestError` naming the field. Image bytes and the image count are judged
-    later, by decoding and by the pipeline's `ImageLimits`.
+    later, by decoding and by the pipeline's `ImageLimits`; references, when they are read.
     """
     if not isinstance(job, JobRequest):
         raise InvalidRequestError(f"a job must be a JobRequest, got {type(job).__name__}")
@@ -117,9 +120,17 @@ def _check_types(job: JobRequest) -> None:
             f"{where}: images must be a tuple of bytes, got {_type(job.images)}{hint}"
         )
     for index, image in enumerate(job.images):
-        if not isinstance(image, bytes):
+        if isinstance(image, ImageURL | ImagePath):
+            name = "url" if isinstance(image, ImageURL) else "path"
+            value = getattr(image, name)
+            if not isinstance(value, str):
+                raise InvalidRequestError(
+                    f"{where}: images[{index}].{name} must be a str, got {_type(value)}"
+                )
+        elif not isinstance(image, bytes):
             raise InvalidRequestError(
-                f"{where}: images[{index}] must be bytes (an encoded image), got {_type(image)}"
+                f"{where}: images[{index}] must be bytes (an encoded image), an ImageURL or an "
+                f"ImagePath, got {_type(image)}"
             )
     if not isinstance(job.sampling, SamplingParams):
         raise InvalidRequestError(

@@ -33,11 +33,15 @@ from orchestrator.queue.schema import (
     encode_job,
 )
 from orchestrator.queue.states import JobState
+from orchestrator.redis_connection import RedisSettings
 from orchestrator.redis_keys import CONSUMER_GROUP, RedisKeys, check_name
 
 NUM_LANES = 3
 # Live servers are those heard from this recently (they renew and claim far more often).
 SERVER_SEEN_S = 10.0
+# A bound on every reply, so an unanswering Redis fails a call instead of hanging it (the TLS
+# handshake too). Longer than any blocking read the client makes (`Batch.results(block_s)`).
+SOCKET_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +100,7 @@ class QueueStatus:
 class Client:
     def __init__(
         self,
-        redis_url: str,
+        redis_url: str | RedisSettings,  # a URL, or settings with a password and TLS files
         *,
         namespace: str = "vlmq",
         result_ttl_s: float = 24 * 3600,
@@ -104,7 +108,7 @@ class Client:
         load_library: bool = True,
     ) -> None:
         self.keys = RedisKeys(check_name("namespace", namespace))
-        self.redis = redis.Redis.from_url(redis_url)
+        self.redis = RedisSettings.of(redis_url).sync_client(socket_timeout=SOCKET_TIMEOUT_S)
         self.result_ttl_ms = round(result_ttl_s * 1000)
         self.max_deliveries = max_deliveries
         if load_library:
@@ -147,12 +151,18 @@ class Client:
         return receipts
 
     def _submit_chunk(
-        self, specs: Sequence[JobSpec], batch: str | None, receipts: list[Receipt]
+        self,
+        specs: Sequence[JobSpec],
+        batch: str | None,
+        receipts: list[Receipt],
+        progress: int | None = None,
     ) -> None:
         options: list[str] = ["result_ttl_ms", str(self.result_ttl_ms),
                               "max_deliveries", str(self.max_deliveries)]
         if batch is not None:
             options += ["batch", batch]
+        if progress is not None:
+            options += ["progress", str(progress)]
         by_queue: dict[str, list[str | bytes | int]] = {}
         order: list[str] = []
         for spec in specs:
@@ -230,12 +240,12 @@ class Client:
             delay = min(delay * 2, 0.2)
         return result
 
-    def cancel(self, job_id: str) -> JobState:
+    def cancel(self, job_id: str, reason: str = "cancelled") -> JobState:
         """Cancel a job: a queued one ends `cancelled` now; a running one is aborted by its
         server (it answers RUNNING, and ends CANCELLED unless it finished first); a finished
-        one keeps its state."""
+        one keeps its state. `reason` (1 to 32 of [a-z_]) is kept as its `cancel_reason`."""
         try:
-            reply = self.redis.fcall("vlmq_cancel", 1, self.keys.job(job_id))
+            reply = self.redis.fcall("vlmq_cancel", 1, self.keys.job(job_id), reason)
         except redis.ResponseError as error:
             raise refusal_from_reply(str(error)) from None
         return JobState(_text(reply[0]))
@@ -307,6 +317,16 @@ class Batch:
     def submit_many(self, specs: Iterable[JobSpec], chunk: int = 500) -> list[Receipt]:
         return self.client.submit_many(specs, batch=self.id, chunk=chunk)
 
+    def submit_window(self, specs: Sequence[JobSpec], next_line: int) -> list[Receipt]:
+        """Submit jobs of one queue in one call that also records `next_line` as the batch's
+        progress, when none was refused: a resumed submitter starts there. Refusals raise as
+        from `submit_many`, and leave the progress as it was."""
+        if len({spec.queue for spec in specs}) > 1:
+            raise ValueError("one window goes to one queue")
+        receipts: list[Receipt] = []
+        self.client._submit_chunk(specs, self.id, receipts, progress=next_line)
+        return receipts
+
     def counts(self) -> BatchCounts:
         raw = self.client.redis.hgetall(self.keys.counts)
         values = {_text(k): int(v) for k, v in raw.items()}
@@ -321,6 +341,10 @@ class Batch:
         Reads the batch's event stream from its start, so results that came before the call
         come first. Ends once the batch has no unfinished job and every event is read.
         """
+        if not 0 < block_s < SOCKET_TIMEOUT_S:
+            # 0 would block for ever (XREAD BLOCK 0); past the socket timeout, a quiet batch
+            # would read as a dead Redis.
+            raise ValueError(f"block_s must be in (0, {SOCKET_TIMEOUT_S:g}), got {block_s}")
         last = "0-0"
         block_ms = round(block_s * 1000)
         while True:
@@ -351,16 +375,25 @@ class Batch:
         return counts
 
     def cancel(self) -> int:
-        """Cancel every unfinished job of the batch; how many were still unfinished."""
-        job_ids = self.job_ids()
-        pipe = self.client.redis.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.fcall("vlmq_cancel", 1, self.client.keys.job(job_id))
-        states = pipe.execute(raise_on_error=False)
-        return sum(
-            1 for state in states
-            if not isinstance(state, Exception) and _text(state[0]) in ("cancelled", "running")
-        )
+        """Cancel the batch: it takes no more jobs, and every unfinished job is cancelled
+        (finished ones keep their results). How many were still unfinished."""
+        return self.close("cancelled")
+
+    def close(self, reason: str, chunk: int = 2000) -> int:
+        """Close the batch with `reason` ('cancelled', or 'expired' once its completion
+        window ended): its unfinished jobs end `cancelled` with the reason `batch_<reason>`,
+        `chunk` jobs to a call so Redis stays responsive. How many were still unfinished."""
+        unfinished = 0
+        while True:
+            try:
+                done, _, cancelled, told = self.client.redis.fcall(
+                    "vlmq_close_batch", 1, self.keys.base, reason, str(chunk)
+                )
+            except redis.ResponseError as error:
+                raise refusal_from_reply(str(error)) from None
+            unfinished += int(cancelled) + int(told)
+            if int(done):
+                return unfinished
 
 
 def _result_without_run(

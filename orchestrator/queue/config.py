@@ -7,6 +7,7 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 
+from orchestrator.redis_connection import RedisSettings
 from orchestrator.redis_keys import check_name
 
 
@@ -19,7 +20,9 @@ def new_consumer_name() -> str:
 class QueueConfig:
     """One `vlmq serve`: one queue of one deployment."""
 
-    redis_url: str
+    # A URL, or settings with a password and TLS files; held as RedisSettings once made, so a
+    # bad URL fails here and repr() masks the password.
+    redis_url: str | RedisSettings
     queue: str = "default"
     namespace: str = "vlmq"
     consumer: str = field(default_factory=new_consumer_name)
@@ -38,6 +41,7 @@ class QueueConfig:
     max_finishes_per_call: int = 256  # results written per round trip
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "redis_url", RedisSettings.of(self.redis_url))
         check_name("queue", self.queue)
         check_name("namespace", self.namespace)
         for name in ("lease_s", "renew_every_s", "reap_every_s", "idle_wait_s",
@@ -54,6 +58,10 @@ class QueueConfig:
         for name in ("max_backlog", "max_payload_bytes", "max_finishes_per_call"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def redis(self) -> RedisSettings:
+        return RedisSettings.of(self.redis_url)
 
     @property
     def lease_ms(self) -> int:

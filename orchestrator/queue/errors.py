@@ -33,6 +33,10 @@ class SubmitRefusedError(QueueError):
     """The server-side function refused a submission's arguments."""
 
 
+class BatchClosedError(QueueError):
+    """The batch was cancelled or its completion window ended: it takes no more jobs."""
+
+
 class NoSuchJobError(QueueError, KeyError):
     """No job has that ID: it was never submitted, or its result has expired."""
 
@@ -52,6 +56,7 @@ def refusal_from_reply(message: str) -> QueueError:
         "TOO_LARGE": PayloadTooLargeError,
         "NO_SUCH_JOB": NoSuchJobError,
         "INVALID": SubmitRefusedError,
+        "BATCH_CLOSED": BatchClosedError,
     }
     kind = kinds.get(code)
     return kind(rest) if kind is not None else QueueError(message)

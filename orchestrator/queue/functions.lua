@@ -21,6 +21,7 @@ local DEFAULT_MAX_BACKLOG = 100000
 local DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
 local MAX_JOB_ID_BYTES = 256
 local MAX_RESULT_TTL_MS = 30 * 24 * 3600 * 1000
+local MAX_CLOSE_PER_CALL = 10000  -- jobs one vlmq_close_batch call cancels: Redis stays responsive
 
 local function now_ms_us()
     local t = redis.call('TIME')
@@ -56,6 +57,10 @@ local function batch_key(tag, batch)
     return tag .. ':batch:' .. batch
 end
 
+local function deadlines_key(tag)
+    return tag .. ':batch-deadlines'
+end
+
 local function fail(code, message)
     return redis.error_reply(code .. ' ' .. message)
 end
@@ -82,7 +87,7 @@ end
 -- 500 jobs writes each counter once, not 500 times.
 local function new_tally(tag, qkey)
     return {tag = tag, qkey = qkey, queue = {}, batches = {}, events = {}, ttl = {},
-        dropped = {}, leases = {}, unleased = {}, wake = false}
+        dropped = {}, leases = {}, unleased = {}, wake = false, deadline = {}}
 end
 
 local function count(tally, field, n)
@@ -111,6 +116,25 @@ local function batch_moved(tally, batch, job_id, from, to, final, ttl_ms)
         table.insert(events, to)
         tally.ttl[batch] = ttl_ms
     end
+end
+
+-- Add n to a batch's own counter (its token usage).
+local function batch_add(tally, batch, field, n)
+    local counts = tally.batches[batch]
+    if counts and n and n > 0 then
+        counts[field] = (counts[field] or 0) + n
+    end
+end
+
+-- When the batch's completion window ends, in ms; false when it has none. Cached per call.
+local function batch_deadline(tally, batch)
+    local known = tally.deadline[batch]
+    if known == nil then
+        known = tonumber(redis.call('HGET', batch_key(tally.tag, batch) .. ':info',
+            'expires_ms') or '') or false
+        tally.deadline[batch] = known
+    end
+    return known
 end
 
 -- One command over many arguments, a thousand at a time (Lua's unpack has a stack limit).
@@ -157,7 +181,10 @@ local function write_tally(tally)
             redis.call('XADD', bkey .. ':events', '*', 'job', events[i], 'state', events[i + 1])
         end
         if open ~= nil and open <= 0 and tally.ttl[batch] then
-            -- The batch is finished: it goes with its jobs' results.
+            -- The batch is finished: it goes with its jobs' results, and its window no longer
+            -- matters. (Its info and line errors expire on their own, after the window.)
+            redis.call('HSET', bkey, 'finished_ms', int(now_ms_us()))
+            redis.call('ZREM', deadlines_key(tally.tag), batch)
             for _, key in ipairs({bkey, bkey .. ':jobs', bkey .. ':events'}) do
                 redis.call('PEXPIRE', key, tally.ttl[batch])
             end
@@ -242,6 +269,19 @@ local function finalize(tally, jkey, job_id, job, state, now, event, result)
     count(tally, 'open', -1)
     count(tally, state, 1)
     batch_moved(tally, job.batch, job_id, job.state, state, true, job.ttl)
+    if state == 'cancelled' and job.batch ~= ''
+            and redis.call('HGET', jkey, 'cancel_reason') == 'batch_expired' then
+        batch_add(tally, job.batch, 'expired', 1)
+    end
+    if state == 'succeeded' and job.batch ~= '' and result and result ~= '' then
+        -- The batch's token usage, from the result's own counts (a msgpack map).
+        local ok, decoded = pcall(cmsgpack.unpack, result)
+        if ok and type(decoded) == 'table' then
+            batch_add(tally, job.batch, 'prompt_tokens', tonumber(decoded['prompt_tokens']))
+            batch_add(tally, job.batch, 'completion_tokens',
+                tonumber(decoded['completion_tokens']))
+        end
+    end
 end
 
 local function dead_letter(tally, jkey, job_id, job, now, reason, result)
@@ -302,8 +342,20 @@ local function submission(qkey, args, first, last)
     if not ok2 or max_deliveries > 1000 then
         return nil, fail('INVALID', 'max_deliveries must be an integer in [1, 1000]')
     end
+    if batch ~= '' then
+        local closed = redis.call('HGET', batch_key(tag, batch) .. ':info', 'closed')
+        if closed and closed ~= '' then
+            return nil, fail('BATCH_CLOSED', 'batch ' .. batch .. ' is ' .. closed
+                .. ': it takes no more jobs')
+        end
+    end
+    local progress = option(args, first, last, 'progress', nil)
+    if progress and (batch == '' or not tonumber(progress)) then
+        return nil, fail('INVALID', 'progress needs a batch and an integer')
+    end
     local settings = redis.call('HMGET', qkey, 'max_backlog', 'max_payload_bytes', 'open')
     return {
+        progress = progress, refused = 0,
         tag = tag, queue = queue, batch = batch, ttl = int(ttl),
         max_deliveries = int(max_deliveries),
         max_backlog = tonumber(settings[1]) or DEFAULT_MAX_BACKLOG,
@@ -369,11 +421,21 @@ local function end_submission(ctx)
         redis.call('HINCRBY', bkey, 'queued', n)
         call_chunked('RPUSH', bkey .. ':jobs', nil, ctx.batch_jobs)
         if redis.call('HINCRBY', bkey, 'open', n) == n then
-            -- Open again after it had finished (and been given a TTL): it stays while open.
+            -- Open again after it had finished (and been given a TTL): it stays while open,
+            -- and its window counts again.
             for _, key in ipairs({bkey, bkey .. ':jobs', bkey .. ':events'}) do
                 redis.call('PERSIST', key)
             end
+            local expires = redis.call('HGET', bkey .. ':info', 'expires_ms')
+            if expires then
+                redis.call('ZADD', deadlines_key(ctx.tag), expires, ctx.batch)
+            end
         end
+    end
+    if ctx.progress and ctx.refused == 0 then
+        -- Every line before `progress` is in (or was a line error): a resumed submitter
+        -- starts there. Written in the same call as the jobs, so the two never disagree.
+        redis.call('HSET', batch_key(ctx.tag, ctx.batch) .. ':info', 'next_line', ctx.progress)
     end
     write_tally(ctx.tally)
 end
@@ -413,6 +475,7 @@ local function submit_many(keys, args)
         local reply = submit_one(ctx, args[i], args[i + 1], args[i + 2])
         if reply['err'] then
             reply = {'refused', args[i], reply['err']}
+            ctx.refused = ctx.refused + 1
         end
         table.insert(replies, reply)
     end
@@ -430,6 +493,14 @@ local function start(tally, lane, id, job_id, consumer, lease_ms, now, now_us)
         -- by hand, or whose job expired): the group has read it now, so it can go.
         drop_entry(tally, entry)
         count(tally, 'dropped_entries', 1)
+        return nil
+    end
+    local deadline = job.batch ~= '' and batch_deadline(tally, job.batch)
+    if deadline and now >= deadline then
+        -- Its batch's completion window ended before any server started it.
+        redis.call('HSET', jkey, 'cancel_reason', 'batch_expired')
+        job.entry = entry
+        finalize(tally, jkey, job_id, job, 'cancelled', now, 'cancelled: batch_expired', nil)
         return nil
     end
     local deliveries = tonumber(job.deliveries) + 1
@@ -657,34 +728,159 @@ local function reap(keys, args)
     return {requeued, promoted}
 end
 
--- vlmq_cancel KEYS[1]=job hash. Returns {state}: 'cancelled' for a queued job (its stream
--- entry stays until a claim reads it), 'running' for a running one (its server is told, and
--- it ends 'cancelled' unless it finished first), or the final state it already had.
+local function check_reason(reason)
+    if not string.match(reason, '^[a-z_]+$') or #reason > 32 then
+        return fail('INVALID', 'a cancel reason is 1 to 32 of [a-z_], got ' .. reason)
+    end
+    return nil
+end
+
+-- Cancel one job (see vlmq_cancel); returns the state it is in now.
+local function cancel_job(tag, jkey, job_id, job, reason)
+    local now = now_ms_us()
+    local why = reason == 'cancelled' and '' or ' (' .. reason .. ')'
+    if job.state == 'queued' then
+        -- The entry is not dropped here: the group may not have read it (see the top). The
+        -- claim that reads it finds the job's entry changed, and drops it.
+        local tally = new_tally(tag, queue_key(tag, job.queue))
+        local entry = job.entry
+        job.entry = ''
+        redis.call('HSET', jkey, 'cancel_reason', reason)
+        finalize(tally, jkey, job_id, job, 'cancelled', now, 'cancelled while queued' .. why, nil)
+        redis.call('HSET', jkey, 'entry', 'cancelled|' .. entry)
+        write_tally(tally)
+        return 'cancelled'
+    elseif job.state == 'running' then
+        if job.cancel ~= '1' then
+            redis.call('HSET', jkey, 'cancel', '1', 'cancel_reason', reason,
+                'history', with_event(job.history, now, 'cancel asked' .. why))
+            redis.call('PUBLISH', tag .. ':cancel', job_id)
+        end
+        return 'running'
+    end
+    return job.state
+end
+
+-- vlmq_cancel KEYS[1]=job hash; ARGV = [reason]. Returns {state}: 'cancelled' for a queued
+-- job (its stream entry stays until a claim reads it), 'running' for a running one (its
+-- server is told, and it ends 'cancelled' unless it finished first), or the final state it
+-- already had. The reason (default 'cancelled'; batches use 'batch_cancelled' and
+-- 'batch_expired') is kept in the job hash's `cancel_reason`.
 local function cancel(keys, args)
     local jkey = keys[1]
     local tag = tag_of(jkey)
     local job_id = string.sub(jkey, #tag + 6)
+    local reason = args[1] or 'cancelled'
+    local refusal = check_reason(reason)
+    if refusal then
+        return refusal
+    end
     local job = read_job(jkey)
     if not job then
         return fail('NO_SUCH_JOB', 'no job ' .. job_id .. ' (never submitted, or its result expired)')
     end
-    local tally = new_tally(tag, queue_key(tag, job.queue))
-    local now = now_ms_us()
-    if job.state == 'queued' then
-        -- The entry is not dropped here: the group may not have read it (see the top). The
-        -- claim that reads it finds the job's entry changed, and drops it.
-        local entry = job.entry
-        job.entry = ''
-        finalize(tally, jkey, job_id, job, 'cancelled', now, 'cancelled while queued', nil)
-        redis.call('HSET', jkey, 'entry', 'cancelled|' .. entry)
-        write_tally(tally)
-        return {'cancelled'}
-    elseif job.state == 'running' then
-        redis.call('HSET', jkey, 'cancel', '1', 'history', with_event(job.history, now, 'cancel asked'))
-        redis.call('PUBLISH', tag .. ':cancel', job_id)
-        return {'running'}
+    return {cancel_job(tag, jkey, job_id, job, reason)}
+end
+
+-- vlmq_open_batch KEYS[1]=batch base; ARGV = expires_ms keep_ms [name value ...].
+-- Records a batch's info once (a second call changes nothing: a resumed submitter keeps the
+-- first window); expires_ms 0 means no completion window. The info lives until keep_ms after
+-- the window (or after now, without one). Returns {created (0|1), name, value, ...}.
+local function open_batch(keys, args)
+    local bkey = keys[1]
+    local tag = tag_of(bkey)
+    local batch = string.sub(bkey, #tag + 8)
+    local expires = tonumber(args[1])
+    local ok, keep = pcall(positive_int, args[2], 'keep_ms')
+    if not expires or expires < 0 or expires ~= math.floor(expires) or not ok
+            or #args % 2 ~= 0 then
+        return fail('INVALID', 'expected expires_ms keep_ms [name value ...]')
     end
-    return {job.state}
+    local info = bkey .. ':info'
+    local created = 0
+    if redis.call('EXISTS', info) == 0 then
+        local now = now_ms_us()
+        local fields = {'created_ms', int(now), 'expires_ms', int(expires)}
+        for i = 3, #args, 2 do
+            table.insert(fields, args[i])
+            table.insert(fields, args[i + 1])
+        end
+        redis.call('HSET', info, unpack(fields))
+        if expires > 0 then
+            redis.call('ZADD', deadlines_key(tag), expires, batch)
+            redis.call('PEXPIREAT', info, expires + keep)
+        else
+            redis.call('HDEL', info, 'expires_ms')
+            redis.call('PEXPIRE', info, keep)
+        end
+        created = 1
+    end
+    local reply = {created}
+    for _, value in ipairs(redis.call('HGETALL', info)) do
+        table.insert(reply, value)
+    end
+    return reply
+end
+
+-- vlmq_close_batch KEYS[1]=batch base; ARGV = reason ('cancelled' | 'expired') max_jobs.
+-- Closes the batch to new jobs (the first reason stays) and cancels up to max_jobs of its
+-- unfinished jobs with reason 'batch_<reason>', resuming where the last call stopped; call
+-- again until `done` is 1. Finished jobs keep their results. Returns {done, closed reason,
+-- queued jobs cancelled, running jobs told to stop}.
+local function close_batch(keys, args)
+    local bkey = keys[1]
+    local tag = tag_of(bkey)
+    local batch = string.sub(bkey, #tag + 8)
+    local reason = args[1]
+    if reason ~= 'cancelled' and reason ~= 'expired' then
+        return fail('INVALID', "reason must be 'cancelled' or 'expired', got " .. tostring(reason))
+    end
+    local ok, limit = pcall(positive_int, args[2], 'max_jobs')
+    if not ok then
+        return fail('INVALID', 'max_jobs must be a positive integer')
+    end
+    limit = math.min(limit, MAX_CLOSE_PER_CALL)
+    local info = bkey .. ':info'
+    local closed = redis.call('HGET', info, 'closed')
+    if (not closed or closed == '') and reason == 'expired' then
+        -- Judged by Redis's clock, not the caller's: a server whose clock runs ahead must
+        -- not end a batch early.
+        local expires = tonumber(redis.call('HGET', info, 'expires_ms') or '')
+        if not expires or now_ms_us() < expires then
+            return fail('NOT_DUE', 'batch ' .. batch .. ' has no completion window that ended')
+        end
+    end
+    if not closed or closed == '' then
+        closed = reason
+        redis.call('HSET', info, 'closed', reason, 'closed_ms', int(now_ms_us()))
+        if redis.call('PTTL', info) == -1 then
+            -- A batch opened without vlmq_open_batch: its info lives as long as its jobs.
+            redis.call('PEXPIRE', info, MAX_RESULT_TTL_MS)
+        end
+    end
+    local cursor = tonumber(redis.call('HGET', info, 'close_cursor') or '0')
+    local ids = redis.call('LRANGE', bkey .. ':jobs', cursor, cursor + limit - 1)
+    local cancelled, told = 0, 0
+    for _, job_id in ipairs(ids) do
+        local jkey = job_key(tag, job_id)
+        local job = read_job(jkey)
+        if job then
+            local state = cancel_job(tag, jkey, job_id, job, 'batch_' .. closed)
+            if state == 'cancelled' and job.state == 'queued' then
+                cancelled = cancelled + 1
+            elseif state == 'running' then
+                told = told + 1
+            end
+        end
+    end
+    cursor = cursor + #ids
+    redis.call('HSET', info, 'close_cursor', cursor)
+    local done = 0
+    if cursor >= redis.call('LLEN', bkey .. ':jobs') then
+        done = 1
+        redis.call('ZREM', deadlines_key(tag), batch)
+    end
+    return {done, closed, cancelled, told}
 end
 
 redis.register_function{function_name = 'vlmq_version', callback = version,
@@ -696,3 +892,5 @@ redis.register_function('vlmq_renew', renew)
 redis.register_function('vlmq_finish', finish)
 redis.register_function('vlmq_reap', reap)
 redis.register_function('vlmq_cancel', cancel)
+redis.register_function('vlmq_open_batch', open_batch)
+redis.register_function('vlmq_close_batch', close_batch)

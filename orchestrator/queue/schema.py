@@ -19,6 +19,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import msgpack
 
+from orchestrator.image_ref import MAX_IMAGE_REF_BYTES, ImageInput, ImagePath, ImageURL
 from orchestrator.job_limits import (
     IMAGE_PLACEHOLDER,
     MAX_IMAGE_BYTES,
@@ -33,10 +34,12 @@ from worker.sampling_params import SamplingParams
 __all__ = [
     "ERROR_FIELDS",
     "FINISH_REASONS",
+    "IMAGE_REF_FIELDS",
     "JOB_FIELDS",
     "MAX_ERROR_MESSAGE_CHARS",
     "MAX_IMAGES",
     "MAX_IMAGE_BYTES",
+    "MAX_IMAGE_REF_BYTES",
     "MAX_METADATA_BYTES",
     "MAX_METADATA_KEYS",
     "MAX_METADATA_KEY_BYTES",
@@ -48,6 +51,8 @@ __all__ = [
     "SAMPLING_FIELDS",
     "SCHEMA_VERSION",
     "TIMINGS_FIELDS",
+    "ImagePath",
+    "ImageURL",
     "InvalidPayloadError",
     "JobResult",
     "JobSpec",
@@ -65,7 +70,8 @@ __all__ = [
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 64 << 20  # a job or a result, encoded; checked before unpacking
 # Everything in a job but its images (prompt, stop strings, metadata, names) fits in 2 MiB, so
-# images within this total keep every job that can be built under MAX_PAYLOAD_BYTES.
+# images within this total keep every job that can be built under MAX_PAYLOAD_BYTES (a
+# reference counts as its URL's or path's bytes: its map's few bytes fit in the 2 MiB).
 MAX_TOTAL_IMAGE_BYTES = MAX_PAYLOAD_BYTES - 2 * MAX_PROMPT_BYTES
 MAX_QUEUE_NAME_CHARS = 64
 # Metadata rides along with the job and comes back with its result: labels, not data.
@@ -97,6 +103,8 @@ RESULT_FIELDS = (
     "error",
 )
 TIMINGS_FIELDS = ("queue_s", "run_s", "prefill_s", "decode_s")
+# An image on the wire is bin (inline), or a map of exactly one of these: a reference.
+IMAGE_REF_FIELDS = ("url", "path")
 ERROR_FIELDS = ("type", "message", "job_fault")
 
 _QUEUE_NAME = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_QUEUE_NAME_CHARS}}}")
@@ -129,7 +137,8 @@ class JobSpec:
     job_id: str  # 1 to 256 bytes of UTF-8, no whitespace or control characters: it names keys
     queue: str  # which model serves the job: 1 to 64 of [A-Za-z0-9_.-]
     prompt: str  # one IMAGE_PLACEHOLDER per image, in the order of `images`
-    images: tuple[bytes, ...] = ()  # encoded JPEG, PNG, WebP or GIF
+    # Each encoded JPEG, PNG, WebP or GIF, or an ImageURL or ImagePath the serving side reads.
+    images: tuple[ImageInput, ...] = ()
     sampling: SamplingParams = field(default_factory=SamplingParams)
     priority: Priority = Priority.NORMAL  # an int 0 to 2 is taken as its Priority
     metadata: dict[str, MetadataValue] = field(default_factory=dict)  # comes back with the result
@@ -239,7 +248,7 @@ def encode_job(spec: JobSpec) -> bytes:
             "job_id": spec.job_id,
             "queue": spec.queue,
             "prompt": spec.prompt,
-            "images": list(spec.images),
+            "images": [_image_to_wire(image) for image in spec.images],
             "sampling": sampling,
             "priority": int(spec.priority),
             "metadata": spec.metadata,
@@ -259,7 +268,10 @@ def decode_job(data: bytes) -> JobSpec:
         job_id=_expect(fields["job_id"], str, "job_id"),
         queue=_expect(fields["queue"], str, "queue"),
         prompt=_expect(fields["prompt"], str, "prompt"),
-        images=tuple(_expect(images, list, "images", "array of bin")),
+        images=tuple(
+            _image_from_wire(item, f"images[{index}]")
+            for index, item in enumerate(_expect(images, list, "images", "array of bin or map"))
+        ),
         sampling=_sampling_from_wire(fields["sampling"])
         if "sampling" in fields
         else SamplingParams(),
@@ -452,6 +464,31 @@ def _metadata_from_wire(fields: dict[str, object]) -> dict[str, MetadataValue]:
     return _checked_metadata(_wire_map(fields["metadata"], "metadata"))
 
 
+def _image_from_wire(item: object, where: str) -> ImageInput:
+    """Bin as it is; a map as its reference, whose text JobSpec then checks."""
+    if isinstance(item, bytes):
+        return item
+    if not isinstance(item, _WireMap):
+        raise _refuse(where, f"must be bin (bytes) or a map with one key, url or path; got "
+                             f"{_kind(item)}")
+    fields = _known_fields(item, where, IMAGE_REF_FIELDS)
+    if len(fields) != 1:
+        raise _refuse(
+            where, f"a reference must have exactly one key, url or path; got {len(fields)}"
+        )
+    ((key, value),) = fields.items()
+    text = _expect(value, str, f"{where}.{key}")
+    return ImageURL(text) if key == "url" else ImagePath(text)
+
+
+def _image_to_wire(image: ImageInput) -> bytes | dict[str, str]:
+    if isinstance(image, ImageURL):
+        return {"url": image.url}
+    if isinstance(image, ImagePath):
+        return {"path": image.path}
+    return image
+
+
 def _error_from_wire(value: object) -> ResultError:
     fields = _known_fields(value, "error", ERROR_FIELDS)
     _require(fields, ERROR_FIELDS, "error.")
@@ -577,17 +614,41 @@ def _check_images(images: object) -> None:
         raise _refuse("images", f"must be a tuple of bytes, got {_kind(images)}{hint}")
     if len(images) > MAX_IMAGES:
         raise _refuse("images", f"{len(images)} images, over the limit of {MAX_IMAGES}")
-    for index, item in enumerate(images):
-        image = _expect(item, bytes, f"images[{index}]", "bin (bytes)")
-        if not 1 <= len(image) <= MAX_IMAGE_BYTES:
+    total = 0
+    for index, image in enumerate(images):
+        where = f"images[{index}]"
+        if isinstance(image, ImageURL):
+            total += _check_url(image.url, f"{where}.url")
+        elif isinstance(image, ImagePath):
+            path = _check_text(image.path, f"{where}.path", MAX_IMAGE_REF_BYTES, min_bytes=1)
+            total += len(path.encode("utf-8"))
+        elif isinstance(image, bytes):
+            if not 1 <= len(image) <= MAX_IMAGE_BYTES:
+                raise _refuse(where, f"is {len(image):,} bytes; must be 1 to {MAX_IMAGE_BYTES:,}")
+            total += len(image)
+        else:
             raise _refuse(
-                f"images[{index}]", f"is {len(image):,} bytes; must be 1 to {MAX_IMAGE_BYTES:,}"
+                where, f"must be bin (bytes), an ImageURL or an ImagePath, got {_kind(image)}"
             )
-    total = sum(len(image) for image in images)
     if total > MAX_TOTAL_IMAGE_BYTES:
         raise _refuse(
             "images", f"{total:,} bytes in all, over the limit of {MAX_TOTAL_IMAGE_BYTES:,}"
         )
+
+
+def _check_url(url: object, where: str) -> int:
+    """The URL's size in bytes of UTF-8; refuses one that no fetch could take."""
+    url = _check_text(url, where, MAX_IMAGE_REF_BYTES, min_bytes=1)
+    if not url[:8].lower().startswith(("http://", "https://")):
+        raise _refuse(where, f"must be an http:// or https:// URL, got {_short.repr(url)}")
+    for index, char in enumerate(url):
+        if char.isspace() or not char.isprintable():
+            raise _refuse(
+                where,
+                f"must hold no whitespace or control characters (percent-encode them), got "
+                f"{char!r} at character {index}",
+            )
+    return len(url.encode("utf-8"))
 
 
 def _check_sampling(sampling: object) -> None:

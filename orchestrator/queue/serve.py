@@ -13,6 +13,7 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from pathlib import Path
 
 from orchestrator.pipeline.config import PipelineConfig
 from orchestrator.pipeline.driver import Pipeline
@@ -29,6 +30,7 @@ def serve(queue_config: QueueConfig, pipeline_config: PipelineConfig) -> int:
     pipeline.start()
     try:
         server = QueueServer(queue_config, pipeline)
+        _publish_chat_template(queue_config, pipeline_config)
         asyncio.run(serve_until_signalled(server, pipeline_config.engine.model_dir))
     finally:
         pipeline.close()
@@ -55,6 +57,21 @@ async def serve_until_signalled(server: QueueServer, what: str) -> None:
         )
     ready.cancel()
     await running
+
+
+def _publish_chat_template(queue_config: QueueConfig, pipeline_config: PipelineConfig) -> None:
+    # Here rather than in QueueServer: the server knows a runner, not a model.
+    from orchestrator.batches.published_template import publish_chat_template
+    from orchestrator.redis_connection import RedisSettings
+
+    client = RedisSettings.of(queue_config.redis_url).sync_client(socket_timeout=10.0)
+    try:
+        publish_chat_template(
+            client, queue_config.namespace, queue_config.queue,
+            Path(pipeline_config.engine.model_dir),
+        )
+    finally:
+        client.close()
 
 
 def _stopper(server: QueueServer, signum: int) -> Callable[[], None]:

@@ -52,6 +52,7 @@ _CLOSED = "PipelineClosedError"
 _CANCELLED = "JobCancelledError"
 _MAX_RENEWALS_PER_CALL = 500
 _MAX_REAPED_PER_CALL = 1000
+_MAX_BATCHES_EXPIRED = 16  # batches one reap pass looks at; the next pass takes the rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +120,12 @@ class QueueServer:
         self.runner = runner
         self.keys = RedisKeys(config.namespace).queue(config.queue)
         self.cancel_channel = RedisKeys(config.namespace).cancel_channel
+        self._namespace_keys = RedisKeys(config.namespace)
         self.counters = ServerCounters()
         self._held: dict[str, _Held] = {}
         self._finishes: list[_Finish] = []
         self._stopping = asyncio.Event()
+        self._closing = False  # the background loops are being stopped: they end quietly
         self._room = asyncio.Event()  # a held job finished
         self._flush = asyncio.Event()  # outcomes wait to be written
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -139,11 +142,13 @@ class QueueServer:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._redis = redis.asyncio.Redis.from_url(
-            self.config.redis_url, socket_timeout=10.0, socket_connect_timeout=5.0
+        log.info("queue server %s: queue %r of namespace %r on Redis at %s",
+                 self.config.consumer, self.config.queue, self.config.namespace,
+                 self.config.redis.masked_url)
+        self._redis = self.config.redis.async_client(
+            socket_timeout=10.0, socket_connect_timeout=5.0
         )
-        blocking = redis.asyncio.Redis.from_url(
-            self.config.redis_url,
+        blocking = self.config.redis.async_client(
             socket_timeout=self.config.idle_wait_s + 5.0,
             socket_connect_timeout=5.0,
         )
@@ -160,9 +165,8 @@ class QueueServer:
             await self._drain()
             self._flush.set()
             await finisher
-            for task in loops:
-                task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            self._closing = True
+            await _cancel_until_done(loops)
         finally:
             await blocking.aclose()
             await self._redis.aclose()
@@ -374,7 +378,7 @@ class QueueServer:
 
     async def _renew_loop(self) -> None:
         assert self._redis is not None
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.config.renew_every_s)
             held = [h for h in self._held.values() if not h.lost]
             for start in range(0, len(held), _MAX_RENEWALS_PER_CALL):
@@ -388,6 +392,8 @@ class QueueServer:
                         self.config.lease_ms, *args,
                     )
                 except (redis.ConnectionError, redis.TimeoutError) as error:
+                    if self._closing:
+                        return
                     self._outage("renew", error)
                     break  # the next round tries again; the lease covers two misses
                 for h, answer in zip(chunk, answers, strict=True):
@@ -406,7 +412,7 @@ class QueueServer:
     async def _cancel_loop(self) -> None:
         assert self._redis is not None
         backoff = _Backoff()
-        while True:
+        while not self._closing:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.cancel_channel)
@@ -417,6 +423,8 @@ class QueueServer:
                     if held is not None and not held.cancel_asked:
                         self._cancel_held(held)
             except (redis.ConnectionError, redis.TimeoutError) as error:
+                if self._closing:
+                    return
                 self._outage("cancel listener", error)
                 await backoff.wait()
             finally:
@@ -425,14 +433,42 @@ class QueueServer:
 
     async def _reap_loop(self) -> None:
         assert self._redis is not None
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.config.reap_every_s)
             try:
                 await self._redis.fcall(
                     "vlmq_reap", 1, self.keys.base, _MAX_REAPED_PER_CALL
                 )
+                await self._expire_batches()
             except (redis.ConnectionError, redis.TimeoutError) as error:
+                if self._closing:
+                    return
                 self._outage("reap", error)
+
+    async def _expire_batches(self) -> None:
+        """Close the batches whose completion window ended: their unfinished jobs end
+        `cancelled` (reason batch_expired). Any server of the namespace may do it; Redis's
+        clock decides whether a window ended (a batch not yet due answers NOT_DUE)."""
+        assert self._redis is not None
+        keys = self._namespace_keys
+        due = await self._redis.zrangebyscore(
+            keys.batch_deadlines, "-inf", time.time() * 1000, start=0, num=_MAX_BATCHES_EXPIRED
+        )
+        for batch in due:
+            batch_id = batch.decode() if isinstance(batch, bytes) else str(batch)
+            while True:
+                try:
+                    done, *_ = await self._redis.fcall(
+                        "vlmq_close_batch", 1, keys.batch(batch_id).base, "expired",
+                        _MAX_REAPED_PER_CALL,
+                    )
+                except redis.ResponseError as error:
+                    if not str(error).startswith("NOT_DUE"):
+                        log.warning("could not expire batch %s: %s", batch_id, error)
+                    break
+                if int(done):
+                    log.info("batch %s expired: its completion window ended", batch_id)
+                    break
 
     # Draining
 
@@ -454,7 +490,8 @@ class QueueServer:
 
     def _outage(self, what: str, error: Exception) -> None:
         self.counters.redis_errors += 1
-        log.warning("%s: Redis unreachable (%s); trying again", what, error)
+        log.warning("%s: Redis at %s unreachable (%s); trying again", what,
+                    self.config.redis.masked_url, error)
 
     async def _retrying(self, call: Callable[[], Awaitable[None]]) -> None:
         """`call` until Redis answers it: a server may start before its Redis."""
@@ -463,6 +500,11 @@ class QueueServer:
             try:
                 await call()
                 return
+            except redis.AuthenticationError as error:
+                # A wrong password or a disabled user: waiting would not mend it.
+                raise redis.AuthenticationError(
+                    self.config.redis.describe_failure(error)
+                ) from error
             except (redis.ConnectionError, redis.TimeoutError) as error:
                 self._outage("start", error)
                 await backoff.wait()
@@ -504,6 +546,22 @@ def _error_result(
         metadata=dict(held.spec.metadata) if held is not None else {},
         error=ResultError(error_type, message, job_fault),
     )
+
+
+async def _cancel_until_done(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the tasks and wait for them to end. A cancel that lands inside a redis-py call
+    can come out of it as a ConnectionError or TimeoutError, which the loops survive (a task
+    then sits in its next sleep, cancelled in name only, and a plain gather waits forever):
+    so each one still running is cancelled again until it ends."""
+    pending = [task for task in tasks if not task.done()]
+    while pending:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.5)
+        pending = [task for task in pending if not task.done()]
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("queue server loop failed", exc_info=task.exception())
 
 
 async def _first_of(*waits: Awaitable[object]) -> None:

@@ -107,4 +107,4 @@ def test_sample_images_are_small_varied_and_one_is_corrupt() -> None:
 def test_unknown_command_is_refused() -> None:
     done = run_vlmq("frobnicate")
     assert done.returncode == 2
-    assert "invalid choice: 'frobnicate'" in done.stderr
+    assert "No such command 'frobnicate'" in done.stderr

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.image_ref import ImagePath, ImageURL
 from orchestrator.pipeline.job import (
     MAX_JOB_ID_BYTES,
     MAX_PROMPT_BYTES,
@@ -30,10 +31,15 @@ WRONG_TYPES: list[tuple[str, Any, str]] = [
     ("images", PNG, "images must be a tuple of bytes, got bytes (one image? pass it as (data,))"),
     ("images", [PNG], "images must be a tuple of bytes, got list"),
     ("images", None, "images must be a tuple of bytes, got None"),
-    ("images", ("a picture",), "images[0] must be bytes (an encoded image), got str"),
-    ("images", (PNG, 5), "images[1] must be bytes (an encoded image), got int"),
-    ("images", (PNG, None), "images[1] must be bytes (an encoded image), got None"),
-    ("images", (bytearray(PNG),), "images[0] must be bytes (an encoded image), got bytearray"),
+    ("images", ("a picture",), "images[0] must be bytes (an encoded image), an ImageURL or an "
+                               "ImagePath, got str"),
+    ("images", (PNG, 5), "images[1] must be bytes (an encoded image), an ImageURL or an "
+                         "ImagePath, got int"),
+    ("images", (PNG, None), "images[1] must be bytes"),
+    ("images", (bytearray(PNG),), "images[0] must be bytes (an encoded image), an ImageURL or "
+                                  "an ImagePath, got bytearray"),
+    ("images", (PNG, ImageURL(None)), "images[1].url must be a str, got None"),  # type: ignore[arg-type]
+    ("images", (ImagePath(b"a.png"),), "images[0].path must be a str, got bytes"),  # type: ignore[arg-type]
     ("sampling", None, "sampling must be a SamplingParams, got None"),
     ("sampling", {"max_new_tokens": 3}, "sampling must be a SamplingParams, got dict"),
 ]

@@ -19,9 +19,11 @@ from orchestrator.job_limits import MAX_JOB_ID_BYTES, MAX_PROMPT_BYTES
 from orchestrator.queue.schema import (
     ERROR_FIELDS,
     FINISH_REASONS,
+    IMAGE_REF_FIELDS,
     JOB_FIELDS,
     MAX_ERROR_MESSAGE_CHARS,
     MAX_IMAGE_BYTES,
+    MAX_IMAGE_REF_BYTES,
     MAX_IMAGES,
     MAX_METADATA_BYTES,
     MAX_METADATA_KEYS,
@@ -31,6 +33,8 @@ from orchestrator.queue.schema import (
     SAMPLING_FIELDS,
     SCHEMA_VERSION,
     TIMINGS_FIELDS,
+    ImagePath,
+    ImageURL,
     InvalidPayloadError,
     JobResult,
     JobSpec,
@@ -149,6 +153,20 @@ def test_a_job_round_trips_field_for_field() -> None:
     assert encode_job(decoded) == encode_job(spec)
 
 
+def test_images_by_reference_round_trip_as_one_key_maps() -> None:
+    images = (PNG, ImageURL("https://images.example/a.png?w=1"), ImagePath("cats/tabby.png"))
+    spec = JobSpec("j", "q", "<image> <image> <image>", images)
+    wire = msgpack.unpackb(encode_job(spec))
+    assert wire["images"] == [
+        PNG, {"url": "https://images.example/a.png?w=1"}, {"path": "cats/tabby.png"},
+    ]
+    assert IMAGE_REF_FIELDS == ("url", "path")
+    assert decode_job(encode_job(spec)) == spec
+    assert decode_job(encode_job(spec)).images[1] == ImageURL("https://images.example/a.png?w=1")
+    longest = JobSpec("j", "q", "<image>", (ImagePath("é" * (MAX_IMAGE_REF_BYTES // 2)),))
+    assert decode_job(encode_job(longest)) == longest
+
+
 def test_a_payload_with_only_the_required_keys_takes_the_defaults() -> None:
     spec = decode_job(pack({"v": 1, "job_id": "j", "queue": "q", "prompt": "hi"}))
     assert spec == JobSpec("j", "q", "hi")
@@ -249,7 +267,13 @@ sampling = st.builds(
 
 @st.composite
 def job_specs(draw: st.DrawFn) -> JobSpec:
-    images = draw(st.lists(st.binary(min_size=1, max_size=48), max_size=4))
+    images = draw(st.lists(
+        st.binary(min_size=1, max_size=48)
+        | st.builds(ImageURL, st.sampled_from(("http://", "HTTPS://")).map(
+            lambda scheme: scheme + "images.example/a.png"))
+        | st.builds(ImagePath, st.text(min_size=1, max_size=30)),
+        max_size=4,
+    ))
     pieces = draw(
         st.lists(st.text(max_size=20), min_size=len(images) + 1, max_size=len(images) + 1)
     )
@@ -413,8 +437,8 @@ HOSTILE_JOBS: dict[str, list[tuple[str, bytes, str]]] = {
         ("no placeholder", job(prompt="Describe"), "0 <image> placeholders for 1 images"),
     ],
     "images": [
-        ("a bin", job(images=PNG), "must be array of bin, got bin"),
-        ("a map", job(images={"0": PNG}), "must be array of bin, got map"),
+        ("a bin", job(images=PNG), "must be array of bin or map, got bin"),
+        ("a map", job(images={"0": PNG}), "must be array of bin or map, got map"),
         ("17", job(prompt="<image>" * 17, images=[PNG] * 17), "17 images, over the limit of 16"),
         (
             "too large in all",
@@ -423,11 +447,33 @@ HOSTILE_JOBS: dict[str, list[tuple[str, bytes, str]]] = {
         ),
     ],
     "images[0]": [
-        ("a str", job(images=["iVBOR"]), "must be bin (bytes), got str"),
+        ("a str", job(images=["iVBOR"]), "must be bin (bytes) or a map with one key"),
+        ("an int", job(images=[7]), "url or path; got int"),
+        ("an empty map", job(images=[{}]), "exactly one key, url or path; got 0"),
+        ("both keys", job(images=[{"url": "http://a/", "path": "a"}]), "exactly one key"),
+        ("a bin key", job(images=[{b"url": "http://a/"}]), "map keys must be str, got bin"),
         ("empty", job(images=[b""]), "is 0 bytes; must be 1 to"),
         ("too large", job(images=[bytes(MAX_IMAGE_BYTES + 1)]), "20,971,521 bytes"),
     ],
     "images[1]": [("nil", job(prompt="<image><image>", images=[PNG, None]), "got nil")],
+    "images[0].size": [
+        ("an unknown key", job(images=[{"size": 5}]), "unknown field 'images[0].size' (known:")
+    ],
+    "images[0].url": [
+        ("a bin", job(images=[{"url": b"http://a/"}]), "must be str, got bin"),
+        ("empty", job(images=[{"url": ""}]), "must not be empty"),
+        ("too long", job(images=[{"url": "http://a/" + "x" * MAX_IMAGE_REF_BYTES}]), "over the"),
+        ("ftp", job(images=[{"url": "ftp://a/b.png"}]), "must be an http:// or https:// URL"),
+        ("no scheme", job(images=[{"url": "images.example/a.png"}]), "http:// or https://"),
+        ("a data URI", job(images=[{"url": "data:image/png;base64,iVBO"}]), "http:// or"),
+        ("a space", job(images=[{"url": "http://a/b c.png"}]), "' ' at character 10"),
+        ("a newline", job(images=[{"url": "http://a/\nHost: b"}]), "control characters"),
+    ],
+    "images[0].path": [
+        ("nil", job(images=[{"path": None}]), "must be str, got nil"),
+        ("empty", job(images=[{"path": ""}]), "must not be empty"),
+        ("too many bytes", job(images=[{"path": "é" * 2049}]), "4,098 bytes of UTF-8, over"),
+    ],
     "sampling": [
         ("an array", job(sampling=[8]), "must be a map, got array"),
         ("an int key", job(sampling={1: 8}), "map keys must be str, got int"),
@@ -745,8 +791,18 @@ BAD_SPECS: list[tuple[dict[str, Any], str, str]] = [
     (
         job_fields(images=(bytearray(PNG),)),
         "images[0]",
-        "images[0]: must be bin (bytes), got bytearray",
+        "images[0]: must be bin (bytes), an ImageURL or an ImagePath, got bytearray",
     ),
+    (job_fields(images=({"url": "http://a/"},)), "images[0]", "an ImageURL or an ImagePath"),
+    (
+        job_fields(images=(ImageURL(b"http://a/"),)),  # type: ignore[arg-type]
+        "images[0].url",
+        "must be str, got bin",
+    ),
+    (job_fields(images=(ImageURL("file:///etc/passwd"),)), "images[0].url", "http:// or"),
+    (job_fields(images=(ImageURL("http://a/\t"),)), "images[0].url", "control characters"),
+    (job_fields(images=(ImagePath(""),)), "images[0].path", "must not be empty"),
+    (job_fields(images=(ImagePath("\ud800"),)), "images[0].path", "lone surrogate"),
     (job_fields(sampling={"top_k": 1}), "sampling", "sampling: must be a SamplingParams, got map"),
     (
         job_fields(sampling=SamplingParams(stop_strings=("\udfff",))),

@@ -398,7 +398,7 @@ def test_command_writes_the_model_and_guards_the_directory(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--family", "llava"], "invalid choice: 'llava'"),
+        (["--family", "llava"], "'llava' is not one of 'pixtral', 'qwen2-vl'"),
         (["--family", "pixtral", "--seed", "-1"], "seed must be"),
         (["--family", "pixtral", "--seed", "x"], "seed must be an integer"),
         (["--seed", "1"], "--family"),
