@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from orchestrator.allocator.config import AllocatorConfig
 from orchestrator.allocator.id_ledger import IdLedger
+from orchestrator.metrics import definitions as metrics
 from worker.bounded_lru import BoundedLru
 from worker.errors import InvalidAllocationError
 from worker.token_range import TokenRange
@@ -62,6 +63,7 @@ class TokenRangeAllocator:
         """A block of unused IDs for a client to carve ranges from without round trips."""
         self._check_length(num_ids)
         self._num_leased += 1
+        metrics.ALLOCATOR_LEASES.inc()
         return self._carve(num_ids)
 
     def register_many(self, ranges: Sequence[tuple[str, TokenRange]]) -> list[TokenRange]:
@@ -78,6 +80,7 @@ class TokenRangeAllocator:
             if known is None:
                 if token_range.epoch == self._epoch:
                     self._ranges.put(range_key, token_range)
+                    metrics.ALLOCATOR_RANGES.inc()
                     known = token_range
                 else:
                     known = self._allocate(key, token_range.length)
@@ -105,6 +108,7 @@ class TokenRangeAllocator:
         token_range = self._carve(length)
         self._ranges.put((key, length), token_range)
         self._num_allocated += 1
+        metrics.ALLOCATOR_RANGES.inc()
         return token_range
 
     def _current(self, range_key: RangeKey) -> TokenRange | None:
@@ -131,6 +135,7 @@ class TokenRangeAllocator:
             # Ranges of an older epoch may share numbers with new ones: forget them all.
             self._ranges.clear()
         self._epoch = block.epoch
+        metrics.ALLOCATOR_EPOCH.set(self._epoch)
         self._free = block
 
     def _check_length(self, length: int) -> None:

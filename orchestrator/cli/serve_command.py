@@ -54,6 +54,21 @@ _SHARE = click.FloatRange(min=0, min_open=True)
 @click.option("--https-images-only", is_flag=True, help="refuse plain http image URLs")
 @click.option("--image-fetch-timeout", type=_SHARE, default=10.0, show_default=True,
               metavar="S", help="to connect to an image URL's host, and for each read")
+@click.option("--gpus-may-join", is_flag=True,
+              help="actors may wait for GPUs the cluster does not have yet (an autoscaling "
+                   "cluster adds the nodes); without it an unplaceable pool fails at once")
+@click.option("--autoscale", is_flag=True,
+              help="scale the pools on the queue's backlog, between the --min/--max bounds "
+                   "(--vision-actors and --generator-actors are then the starting sizes)")
+@click.option("--min-generators", type=_POSITIVE, default=1, show_default=True, metavar="N")
+@click.option("--max-generators", type=_POSITIVE, default=4, show_default=True, metavar="N")
+@click.option("--min-vision", type=_POSITIVE, default=1, show_default=True, metavar="N")
+@click.option("--max-vision", type=_POSITIVE, default=2, show_default=True, metavar="N")
+@click.option("--scale-down-idle-s", type=click.FloatRange(min=0), default=300.0,
+              show_default=True, metavar="S",
+              help="with --autoscale: shrink only after the work asked for fewer actors this long")
+@click.option("--max-queue-wait-s", type=_SHARE, default=60.0, show_default=True, metavar="S",
+              help="with --autoscale: a queued job older than this adds a generator")
 @redis_options
 def serve(
     *,
@@ -78,6 +93,14 @@ def serve(
     allow_private_network_images: bool,
     https_images_only: bool,
     image_fetch_timeout: float,
+    gpus_may_join: bool,
+    autoscale: bool,
+    min_generators: int,
+    max_generators: int,
+    min_vision: int,
+    max_vision: int,
+    scale_down_idle_s: float,
+    max_queue_wait_s: float,
 ) -> None:
     """Serve one queue with one model: claim its jobs from Redis and run them on Ray.
 
@@ -108,6 +131,19 @@ def serve(
         drain_grace_s=drain_grace_s,
         max_backlog=max_backlog,
     )
+    scaler_config = None
+    if autoscale:
+        from orchestrator.scaler.config import RoleBounds, ScalerConfig
+
+        try:
+            scaler_config = ScalerConfig(
+                vision=RoleBounds(min_vision, max_vision),
+                generators=RoleBounds(min_generators, max_generators),
+                idle_s=scale_down_idle_s,
+                max_queue_wait_s=max_queue_wait_s,
+            )
+        except ValueError as error:
+            raise click.UsageError(str(error)) from None
     if no_image_urls and url_hosts:
         raise click.UsageError("--no-image-urls and --allow-url-host contradict each other")
     try:
@@ -130,6 +166,7 @@ def serve(
             gpus_per_vision_actor=gpus_per_actor,
             gpus_per_generator_actor=gpus_per_actor,
             name_prefix=f"{namespace}-{queue}",
+            gpus_may_join=gpus_may_join,
         ),
         image_sources=image_sources,
     )
@@ -138,6 +175,6 @@ def serve(
     else:
         ray.init(num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
     try:
-        serve_queue(queue_config, pipeline_config)
+        serve_queue(queue_config, pipeline_config, scaler_config)
     finally:
         ray.shutdown()

@@ -3,16 +3,24 @@ one job's state. Talks to Redis only: imports no torch, Ray or transformers."""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING
+
 import click
 
 from orchestrator.cli.batch_view import BatchView, read_batch_view
 from orchestrator.cli.batch_watch import watch_batch
+from orchestrator.cli.command_error import CommandError
+from orchestrator.cli.exit_codes import ExitCode
 from orchestrator.cli.job_view import job_json, job_lines
 from orchestrator.cli.options import json_option, namespace_option, queue_option, redis_options
 from orchestrator.cli.output import console, print_json, print_lines
 from orchestrator.cli.queue_view import queue_json, queue_lines
 from orchestrator.queue.client import Client
 from orchestrator.redis_connection import RedisSettings
+
+if TYPE_CHECKING:
+    from orchestrator.metrics.cluster_view import ClusterView
 
 
 @click.command(short_help="show a queue, a batch (live with --watch) or a job")
@@ -23,6 +31,10 @@ from orchestrator.redis_connection import RedisSettings
               help="follow BATCH live (a progress bar, counts, rate, ETA) until it is done")
 @click.option("--interval", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
               metavar="S", help="seconds between two readings of --watch")
+@click.option("--ray-dashboard", metavar="URL",
+              help="also show the cluster: the actors per role, their state and GPUs, from "
+                   "this Ray dashboard (http://HEAD:8265; Ray's token from $RAY_AUTH_TOKEN or "
+                   "~/.ray/auth_token)")
 @json_option
 @namespace_option
 @redis_options
@@ -36,6 +48,7 @@ def status(
     interval: float,
     as_json: bool,
     namespace: str,
+    ray_dashboard: str | None,
 ) -> None:
     """Show a queue, a batch or a job.
 
@@ -58,7 +71,7 @@ def status(
         elif batch is not None:
             _show_batch(client, batch, watch=watch, interval_s=interval, as_json=as_json)
         else:
-            _show_queue(client, queue, as_json)
+            _show_queue(client, queue, as_json, ray_dashboard)
 
 
 def _show_job(client: Client, job_id: str, as_json: bool) -> None:
@@ -83,9 +96,38 @@ def _show_batch(
         print_lines(console(), [read().summary()])
 
 
-def _show_queue(client: Client, queue: str, as_json: bool) -> None:
+def _show_queue(client: Client, queue: str, as_json: bool, ray_dashboard: str | None) -> None:
     status = client.queue_status(queue)
+    cluster = None if ray_dashboard is None else _cluster(ray_dashboard)
     if as_json:
-        print_json(queue_json(status))
-    else:
-        print_lines(console(), queue_lines(status))
+        view = queue_json(status)
+        if cluster is not None:
+            view["cluster"] = {"actors": [dataclasses.asdict(actor) for actor in cluster.actors]}
+        print_json(view)
+        return
+    lines = queue_lines(status)
+    if cluster is not None:
+        lines += _cluster_lines(cluster)
+    print_lines(console(), lines)
+
+
+def _cluster(address: str) -> ClusterView:
+    # Imported here: the state API loads Ray, which the Redis-only views never need.
+    from orchestrator.metrics.cluster_view import ClusterUnreachableError, cluster_view
+
+    try:
+        return cluster_view(address)
+    except ClusterUnreachableError as error:
+        raise CommandError(f"the Ray dashboard at {address} did not answer: {error}",
+                           ExitCode.FAILED) from None
+
+
+def _cluster_lines(cluster: ClusterView) -> list[str]:
+    lines = []
+    for role in ("vision", "generator", "allocator"):
+        actors = cluster.of_role(role)
+        gpus = sum(actor.num_gpus for actor in actors if actor.state == "ALIVE")
+        lines.append(f"{role}: {cluster.num_alive(role)} of {len(actors)} alive, {gpus:g} GPUs")
+        lines += [f"  {actor.name}  {actor.state}  GPU {actor.num_gpus:g}  "
+                  f"restarts {actor.num_restarts}" for actor in actors]
+    return lines

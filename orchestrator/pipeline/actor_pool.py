@@ -11,6 +11,15 @@ Ray's queue (unless `gpus_may_join`: an autoscaling cluster). An actor that stil
 taken by something else, or GPUs that have not joined) makes `wait_until_ready` say which ones
 wait and for what.
 
+The pool can grow and shrink while it runs (the scaler): `start_vision` / `start_generator`
+put a new actor in a slot (a new one at the end, or one emptied before), `kill_one` ends one
+for good. Names carry a serial number that is never reused within a pool, since Ray may hold a
+killed actor's name for a while.
+
+Vision actors can be placed apart from the generators (a cheaper GPU group, when jobs carry
+many images): `vision_resources` are custom Ray resources each vision actor holds, and
+`vision_label_selector` the node labels it must run on (Ray's `label_selector`).
+
 `wait_until_up` is the restart probe: it waits for an actor that died to answer again, and
 gives up on it, calling back with why, when Ray reports it DEAD (no restart will come) or when
 it stays down past a deadline.
@@ -19,9 +28,11 @@ it stays down past a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,10 +78,20 @@ class PoolConfig:
     # the GPUs it has now, and actors wait in Ray's queue until GPUs join (or the timeout).
     gpus_may_join: bool = False
     generator_faults: FaultInjection = field(default_factory=FaultInjection)
+    # Custom Ray resources each vision actor holds (e.g. {"vision_gpu": 1}, offered only by a
+    # separate GPU group), and node labels it must run on; empty: next to the generators.
+    vision_resources: Mapping[str, float] = field(default_factory=dict)
+    vision_label_selector: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.num_vision_actors < 1 or self.num_generator_actors < 1:
             raise ValueError("a pool needs at least one vision and one generator actor")
+        for name, amount in self.vision_resources.items():
+            if name in ("CPU", "GPU", "memory") or not amount > 0:
+                raise ValueError(
+                    f"vision_resources holds custom resources with positive amounts "
+                    f"(CPU and GPU have their own fields), got {name}={amount!r}"
+                )
         for kind, share in self.gpu_shares:
             if share < 0:
                 raise ValueError(f"GPU shares cannot be negative, got {share:g} for {kind}")
@@ -157,39 +178,82 @@ def check_pool_fits(config: PoolConfig, cluster_gpus: float) -> None:
 class ActorPool:
     def __init__(self, config: PoolConfig, engine: EngineConfig) -> None:
         self.config = config
+        self.engine = engine
         if ray.is_initialized() and not config.gpus_may_join:
             check_pool_fits(config, ray.cluster_resources().get("GPU", 0))  # type: ignore[no-untyped-call]
-        vision_class: Any = ray.remote(VisionActor)
-        generator_class: Any = ray.remote(GeneratorActor)
-        common = {
-            "namespace": config.ray_namespace,
-            "num_cpus": config.cpus_per_actor,
-            "max_restarts": -1,
-            "max_task_retries": 0,
-        }
-        self.vision = [
-            vision_class.options(
-                name=f"{config.name_prefix}-vision-{i}", num_gpus=config.gpus_per_vision_actor,
-                **common,
-            ).remote(VisionActorConfig(f"{config.name_prefix}-vision-{i}", engine))
-            for i in range(config.num_vision_actors)
-        ]
-        self.generators = [
-            generator_class.options(
-                name=f"{config.name_prefix}-generator-{i}",
-                num_gpus=config.gpus_per_generator_actor,
-                **common,
-            ).remote(
-                GeneratorActorConfig(
-                    f"{config.name_prefix}-generator-{i}", engine, config.generator_faults
-                )
-            )
-            for i in range(config.num_generator_actors)
-        ]
+        self._vision_class: Any = ray.remote(VisionActor)
+        self._generator_class: Any = ray.remote(GeneratorActor)
+        # Lists by slot: the router's and vision balancer's indexes. A slot keeps the handle
+        # of a killed actor until a new one takes it.
+        self.vision: list[Any] = []
+        self.generators: list[Any] = []
+        self.vision_names: list[str] = []
+        self.generator_names: list[str] = []
+        self._serials = {"vision": 0, "generator": 0}
+        for i in range(config.num_vision_actors):
+            self.start_vision(i)
+        for i in range(config.num_generator_actors):
+            self.start_generator(i)
 
     @property
     def actors(self) -> list[Any]:
         return [*self.vision, *self.generators]
+
+    def start_vision(self, index: int) -> Any:
+        """Start a vision actor in slot `index` (a new slot at the end, or an emptied one)."""
+        name = self._next_name("vision")
+        placement: dict[str, Any] = {}
+        if self.config.vision_resources:
+            placement["resources"] = dict(self.config.vision_resources)
+        if self.config.vision_label_selector:
+            placement["label_selector"] = dict(self.config.vision_label_selector)
+        actor = self._vision_class.options(
+            name=name, num_gpus=self.config.gpus_per_vision_actor, **placement,
+            **self._common_options(),
+        ).remote(VisionActorConfig(name, self.engine))
+        _put(self.vision, index, actor)
+        _put(self.vision_names, index, name)
+        return actor
+
+    def start_generator(self, index: int) -> Any:
+        """Start a generator actor in slot `index` (a new slot at the end, or an emptied one)."""
+        name = self._next_name("generator")
+        actor = self._generator_class.options(
+            name=name, num_gpus=self.config.gpus_per_generator_actor, **self._common_options(),
+        ).remote(GeneratorActorConfig(name, self.engine, self.config.generator_faults))
+        _put(self.generators, index, actor)
+        _put(self.generator_names, index, name)
+        return actor
+
+    def fits(self, num_vision: int, num_generators: int) -> bool:
+        """Whether that many actors can be placed on the cluster's GPUs (always, when GPUs may
+        join)."""
+        if self.config.gpus_may_join:
+            return True
+        resized = dataclasses.replace(
+            self.config, num_vision_actors=max(num_vision, 1),
+            num_generator_actors=max(num_generators, 1),
+        )
+        cluster_gpus: float = ray.cluster_resources().get("GPU", 0)  # type: ignore[no-untyped-call]
+        return gpus_needed(resized) <= cluster_gpus
+
+    def kill_one(self, actors: list[Any], index: int) -> None:
+        """End the actor in slot `index` for good (no restart)."""
+        with contextlib.suppress(Exception):  # already gone: nothing to end
+            ray.kill(actors[index], no_restart=True)
+
+    def _next_name(self, role: str) -> str:
+        serial = self._serials[role]
+        self._serials[role] += 1
+        return f"{self.config.name_prefix}-{role}-{serial}"
+
+    def _common_options(self) -> dict[str, Any]:
+        return {
+            "namespace": self.config.ray_namespace,
+            "num_cpus": self.config.cpus_per_actor,
+            "max_restarts": -1,
+            "max_task_retries": 0,
+        }
 
     def wait_until_ready(self, timeout_s: float) -> None:
         """Return once every actor answers; raise `ActorsNotReadyError` naming those that don't."""
@@ -207,14 +271,12 @@ class ActorPool:
         ray.get(list(probes))  # an actor whose constructor failed raises here
 
     def kill(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor, no_restart=True)
+        for actors in (self.vision, self.generators):
+            for index in range(len(actors)):
+                self.kill_one(actors, index)
 
     def _names(self) -> list[str]:
-        prefix = self.config.name_prefix
-        return [f"{prefix}-vision-{i}" for i in range(len(self.vision))] + [
-            f"{prefix}-generator-{i}" for i in range(len(self.generators))
-        ]
+        return [*self.vision_names, *self.generator_names]
 
     def _describe_waiting(self, waiting: list[str], timeout_s: float) -> str:
         total = ray.cluster_resources().get("GPU", 0)  # type: ignore[no-untyped-call]
@@ -229,6 +291,13 @@ class ActorPool:
             f"or still starting): {', '.join(sorted(waiting))}. The pool asks for {asked:g} "
             f"GPUs; the cluster has {total:g}, {free:g} free"
         )
+
+
+def _put(slots: list[Any], index: int, value: Any) -> None:
+    if index == len(slots):
+        slots.append(value)
+    else:
+        slots[index] = value
 
 
 async def wait_until_up(

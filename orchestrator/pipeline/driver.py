@@ -24,6 +24,10 @@ the running ones with `PipelineClosedError` (and `run()`'s iterator after them),
 one with `JobCancelledError`, its generate call cancelled in Ray, which aborts it in the
 generator's engine. A jobs iterable that raises has the outcomes of the jobs it admitted
 yielded first, then its error re-raised.
+
+The pool can be resized while jobs run (`resize`, the scaler's lever): new actors take work once
+they answer; drained ones take no new work, finish what they run, and are then killed, so no
+request is lost to a scale-down. `capacity` follows the generators that take requests.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +52,9 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from orchestrator.allocator.handle import get_or_start_allocator
 from orchestrator.allocator.range_client import LeasedRangeClient
+from orchestrator.metrics import definitions as metrics
 from orchestrator.pipeline.actor_pool import ActorPool, wait_until_up
+from orchestrator.pipeline.admission import Admission
 from orchestrator.pipeline.config import PipelineConfig
 from orchestrator.pipeline.errors import PipelineClosedError
 from orchestrator.pipeline.feature_cache import FeatureCache, FeatureEntry
@@ -63,6 +69,7 @@ from orchestrator.pipeline.job import (
     validate_job,
 )
 from orchestrator.pipeline.router import Router
+from orchestrator.pipeline.slot_counts import PoolCounts
 from orchestrator.pipeline.vision_balancer import VisionBalancer
 from worker.actors.generator import GenerationCall
 from worker.encoding.text_tokenizer import HFTextTokenizer
@@ -132,6 +139,20 @@ class _Availability(Protocol):
     async def set_gone(self, index: int, why: str) -> None: ...
 
 
+class _Slots(_Availability, Protocol):
+    """What resizing needs of a balancer: slots to fill, open, drain and empty."""
+
+    async def add_slot(self) -> int: ...
+
+    async def open(self, index: int) -> None: ...
+
+    def begin_drain(self, count: int) -> list[int]: ...
+
+    async def wait_drained(self, index: int) -> None: ...
+
+    async def retire(self, index: int) -> None: ...
+
+
 class Pipeline:
     def __init__(self, config: PipelineConfig) -> None:
         self.config = config
@@ -167,7 +188,10 @@ class Pipeline:
         self._by_id: dict[str, _InFlight] = {}  # jobs in flight with a usable job_id
         self._num_in_flight = 0  # every job in flight, with a usable job_id or not
         self._job_tasks: set[asyncio.Task[JobOutcome]] = set()  # on the loop's thread
-        self._room = asyncio.Semaphore(config.max_jobs_in_flight)  # jobs running at once
+        self._room = Admission(config.max_jobs_in_flight)  # jobs running at once
+        self._resizing: set[asyncio.Task[None]] = set()  # actors starting or draining
+        self._num_waiting = 0  # jobs waiting for a generator slot, for their gauge
+        self._alive = {"vision": 0, "generator": 0}  # actors routed to, for their gauge
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(
             target=self._loop.run_forever, name="vlmq-pipeline", daemon=True
@@ -194,6 +218,11 @@ class Pipeline:
         self._ranges = LeasedRangeClient(allocator, self.config.allocator)
         self._pool = ActorPool(self.config.pool, self.config.engine)
         self._pool.wait_until_ready(self.config.ready_timeout_s)
+        self._alive = {"vision": len(self._pool.vision), "generator": len(self._pool.generators)}
+        metrics.set_desired_actors("vision", self.config.pool.num_vision_actors)
+        metrics.set_desired_actors("generator", self.config.pool.num_generator_actors)
+        for role, count in self._alive.items():
+            metrics.set_alive_actors(role, count)
         self._loop_thread.start()
         self._router, self._vision = asyncio.run_coroutine_threadsafe(
             self._make_balancers(), self._loop
@@ -202,7 +231,20 @@ class Pipeline:
     @property
     def capacity(self) -> int:
         """Jobs to keep in flight so every generator stays busy; `submit` takes more (they wait)."""
-        return self.config.max_jobs_in_flight
+        return self._room.limit
+
+    def resize(self, vision: int, generators: int) -> concurrent.futures.Future[None]:
+        """Head for this many actors of each role, from any thread; resolves once begun.
+
+        Actors are started, or the least busy ones drained (no new work; killed once their
+        running requests end). Counts already heading there change nothing; a growth the
+        cluster's GPUs cannot hold (unless GPUs may join) is refused with a warning.
+        """
+        return asyncio.run_coroutine_threadsafe(self._resize(vision, generators), self._loop)
+
+    def actor_counts(self) -> PoolCounts:
+        """How the slots of each role stand now, from any thread."""
+        return asyncio.run_coroutine_threadsafe(self._counts(), self._loop).result()
 
     @property
     def in_flight(self) -> int:
@@ -315,6 +357,7 @@ class Pipeline:
             if job_id is not None:
                 self._by_id[job_id] = record
             self._num_in_flight += 1
+            metrics.JOBS_IN_FLIGHT.set(self._num_in_flight)
             # Under the lock, so close(), which takes it first, finds the job accepted.
             self._loop.call_soon_threadsafe(self._accept, record)
 
@@ -355,6 +398,7 @@ class Pipeline:
             if job_id is not None and self._by_id.get(job_id) is record:
                 del self._by_id[job_id]
             self._num_in_flight -= 1
+            metrics.JOBS_IN_FLIGHT.set(self._num_in_flight)
             is_cancelled = record.is_cancelled
         if is_cancelled or record.task.cancelled():  # by cancel(), or by close()
             job_id = job_id_of(record.job)  # whatever the caller passed in, it gets its outcome
@@ -390,10 +434,72 @@ class Pipeline:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _stop_probes(self) -> None:
-        """Cancel the waits for restarting actors: the actors are gone."""
-        for probe in self._probes:
-            probe.cancel()
-        await asyncio.gather(*self._probes, return_exceptions=True)
+        """Cancel the waits for restarting actors, and resizing: the actors are gone."""
+        waits = [*self._probes, *self._resizing]
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+    async def _counts(self) -> PoolCounts:
+        return PoolCounts(self.vision.counts(), self.router.counts())
+
+    async def _resize(self, vision: int, generators: int) -> None:
+        if vision < 1 or generators < 1:
+            raise ValueError(f"a pool needs an actor of each role, got {vision} and {generators}")
+        have_vision = self.vision.counts().serving
+        have_generators = self.router.counts().serving
+        if (vision > have_vision or generators > have_generators) and not self.pool.fits(
+            max(vision, have_vision), max(generators, have_generators)
+        ):
+            log.warning("not resizing to %d vision and %d generator actors: the cluster's GPUs "
+                        "cannot hold them", vision, generators)
+            return
+        roles: list[tuple[_Slots, list[Any], Callable[[int], Any], int, int]] = [
+            (self.vision, self.pool.vision, self.pool.start_vision, vision, have_vision),
+            (self.router, self.pool.generators, self.pool.start_generator, generators,
+             have_generators),
+        ]
+        for balancer, actors, start, wanted, have in roles:
+            for _ in range(wanted - have):
+                index = await balancer.add_slot()
+                actor = start(index)
+                self._coming_up.discard((id(actors), index))  # a new actor: probe it afresh
+                self._track(self._bring_in(balancer, actors, index, actor))
+            for index in balancer.begin_drain(have - wanted):
+                self._report_alive(actors, -1)  # no longer routed to
+                self._track(self._drain(balancer, actors, index))
+        self._fit_room()
+
+    def _track(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._resizing.add(task)
+        task.add_done_callback(self._resizing.discard)
+
+    async def _bring_in(self, balancer: _Slots, actors: list[Any], index: int, actor: Any
+                        ) -> None:
+        """Open the new actor's slot once it answers; give the slot back if it never does."""
+        try:
+            await asyncio.wait_for(actor.stats.remote(), self.config.ready_timeout_s)
+        except Exception:
+            log.warning("a new actor did not start within %g s; ending it",
+                        self.config.ready_timeout_s, exc_info=True)
+            self.pool.kill_one(actors, index)
+            await balancer.retire(index)
+            return
+        await balancer.open(index)
+        self._report_alive(actors, +1)
+        self._fit_room()
+
+    async def _drain(self, balancer: _Slots, actors: list[Any], index: int) -> None:
+        """Kill the draining actor once nothing runs on it; its slot is then empty."""
+        await balancer.wait_drained(index)
+        self.pool.kill_one(actors, index)
+        await balancer.retire(index)
+
+    def _fit_room(self) -> None:
+        """Admit as many jobs as the generators that take requests keep busy."""
+        open_generators = max(self.router.counts().open, 1)
+        self._room.set_limit(2 * self.config.max_in_flight_per_generator * open_generators)
 
     async def _make_balancers(self) -> tuple[Router, VisionBalancer]:
         # Made on the loop's thread: their asyncio primitives belong to that loop.
@@ -430,6 +536,7 @@ class Pipeline:
                             f"{type(_cause(error)).__name__}"
                         ) from error
                     self.progress.retries += 1
+                    metrics.ATTEMPT_RETRIES.inc()
                     log.warning("job %s: attempt %d failed (%s); retrying", job.job_id,
                                 attempts, type(_cause(error)).__name__)
         except Exception as error:  # every job ends with an outcome, whatever happened
@@ -550,10 +657,13 @@ class Pipeline:
         """The image's features, computed once per key while its reference is cached."""
         for _ in range(self.config.max_attempts):
             entry = self._features.get(image.key) if self.config.dedup_images else None
+            if self.config.dedup_images:
+                metrics.MM_CACHE_QUERIES.inc()
             if entry is None:
                 entry = await self._embed(image)
             else:
                 self.progress.feature_reuses += 1
+                metrics.MM_CACHE_HITS.inc()
             try:
                 await entry.num_rows  # ready, or raises why not; the features stay put
                 return entry
@@ -562,6 +672,7 @@ class Pipeline:
                 if self._features.peek(image.key) is entry:
                     self._features.drop(image.key)
                     self.progress.retries += 1
+                    metrics.ATTEMPT_RETRIES.inc()
                 await self._take_down(self.pool.vision, entry.vision_index, self.vision)
         raise RequestGaveUpError(f"the vision actors died on image {image.key.digest[:16]}")
 
@@ -606,7 +717,11 @@ class Pipeline:
         call = GenerationCall(
             job.job_id, prompt, tuple(spans[k] for k in unique), job.sampling
         )
-        index = await (self._router.acquire_alone() if alone else self._router.acquire(unique))
+        self._report_waiting(+1)
+        try:
+            index = await (self._router.acquire_alone() if alone else self._router.acquire(unique))
+        finally:
+            self._report_waiting(-1)
         try:
             generator = self.pool.generators[index]
             # Kept while it runs, so that cancel() can cancel it in Ray.
@@ -624,6 +739,15 @@ class Pipeline:
         finally:
             await self._router.release(index, alone)
 
+    def _report_waiting(self, change: int) -> None:
+        self._num_waiting += change
+        metrics.NUM_REQUESTS_WAITING.set(self._num_waiting)
+
+    def _report_alive(self, actors: list[Any], change: int) -> None:
+        role = "vision" if actors is self.pool.vision else "generator"
+        self._alive[role] += change
+        metrics.set_alive_actors(role, self._alive[role])
+
     async def _take_down(self, actors: list[Any], index: int, balancer: _Availability) -> None:
         """Route around an actor that died until Ray has it answering again, or give up on it.
 
@@ -634,6 +758,7 @@ class Pipeline:
         if (id(actors), index) in self._coming_up:
             return
         self._coming_up.add((id(actors), index))
+        self._report_alive(actors, -1)
         await balancer.set_up(index, False)
 
         async def give_up(why: str) -> None:
@@ -642,6 +767,7 @@ class Pipeline:
         async def bring_up() -> None:
             if await wait_until_up(actors[index], self.config.actor_restart_timeout_s, give_up):
                 self._coming_up.discard((id(actors), index))
+                self._report_alive(actors, +1)
                 await balancer.set_up(index, True)
             # Dead for good: it stays in _coming_up, so no later failure probes it again.
 

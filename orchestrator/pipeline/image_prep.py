@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from PIL import Image
 
 from orchestrator.image_fetch import ImageFetchTransientError, ImageSourcePolicy, read_image_source
-from orchestrator.image_ref import ImageInput
+from orchestrator.image_ref import ImageInput, ImagePath, ImageURL
+from orchestrator.metrics import definitions as metrics
 from orchestrator.pipeline.image_key import content_digest
 from worker.errors import ImageError
 from worker.images.decoding import ImageLimits, decode_image
@@ -47,10 +48,23 @@ def prepare_image(
     try:
         data = read_image_source(source, policy)
     except (ImageError, ImageFetchTransientError) as error:
+        metrics.IMAGE_FAILURES.inc(stage="fetch", error_type=type(error).__name__)
         return PreparedImage(b"", 0, 0, error), None
+    metrics.IMAGES_FETCHED.inc(source=_source_kind(source))
     digest = content_digest(data)
     try:
         image = decode_image(data, limits)
     except ImageError as error:
+        metrics.IMAGE_FAILURES.inc(stage="decode", error_type=type(error).__name__)
         return PreparedImage(digest, 0, 0, error), None
+    metrics.IMAGES_DECODED.inc()
     return PreparedImage(digest, image.width, image.height), image
+
+
+def _source_kind(source: ImageInput) -> str:
+    """A bounded tag for where an image came from: never the URL or path itself."""
+    if isinstance(source, ImageURL):
+        return "url"
+    if isinstance(source, ImagePath):
+        return "path"
+    return "inline"

@@ -12,6 +12,12 @@ is given up on, callers waiting for one, and callers to come, get `NoActorAvaila
 once instead of waiting forever; a given-up generator that answers again (`set_up`) is used
 again.
 
+The pool can change size while it runs (the scaler): a new generator gets a slot (`add_slot`:
+a retired one again, or a new one at the end), takes requests once it answers (`open`); a
+drained one (`drain`) takes no new requests, and once its running ones end it is killed and its
+slot `retire`d. Slots are never removed, so an index names one generator for as long as it
+runs.
+
 A request that was running when its actor died is retried *alone* (`acquire_alone`): the
 generator takes no other request until it is done. So a poison request that kills its actor
 every time can only take itself down on later attempts, never the innocent requests beside it.
@@ -24,6 +30,7 @@ from collections.abc import Sequence
 
 from orchestrator.pipeline.errors import NoActorAvailableError
 from orchestrator.pipeline.image_key import ImageKey
+from orchestrator.pipeline.slot_counts import SlotCounts
 from worker.bounded_lru import BoundedLru
 
 
@@ -33,6 +40,10 @@ class Router:
         self.is_up = [True] * num_generators
         self.is_reserved = [False] * num_generators  # draining for, or running, a lone request
         self.gone: dict[int, str] = {}  # generators given up on, and why
+        # Slots that take no new requests: not answering yet, being drained, or emptied.
+        self.starting: set[int] = set()
+        self.draining: set[int] = set()
+        self.retired: set[int] = set()
         self.max_in_flight = max_in_flight
         self.affinity_slack = affinity_slack
         self.num_affine = 0  # requests sent where their images were
@@ -65,7 +76,8 @@ class Router:
             while True:
                 self._check_some_left()
                 free = [
-                    i for i, up in enumerate(self.is_up) if up and not self.is_reserved[i]
+                    i for i, up in enumerate(self.is_up)
+                    if up and not self.is_reserved[i] and self._is_open(i)
                 ]
                 if not free:
                     await self._wait()
@@ -80,8 +92,9 @@ class Router:
                 except BaseException:
                     self.is_reserved[index] = False
                     raise
-                if index in self.gone:
-                    # Given up on while it drained: choose again (or fail, if none is left).
+                if index in self.gone or not self._is_open(index):
+                    # Given up on (or drained by the scaler) while it emptied: choose again
+                    # (or fail, if none is left).
                     self.is_reserved[index] = False
                     continue
                 self.in_flight[index] += 1
@@ -96,6 +109,8 @@ class Router:
 
     async def set_up(self, index: int, is_up: bool) -> None:
         async with self._freed:
+            if index in self.retired:
+                return  # a late word about an actor the scaler already killed
             self.is_up[index] = is_up
             if is_up:
                 self.gone.pop(index, None)
@@ -104,9 +119,73 @@ class Router:
     async def set_gone(self, index: int, why: str) -> None:
         """Give up on a down generator: `why` ends up in the error its waiters get."""
         async with self._freed:
+            if index in self.retired:
+                return
             self.is_up[index] = False
             self.gone[index] = why
             self._freed.notify_all()
+
+    async def add_slot(self) -> int:
+        """A slot for a generator being started: it takes requests once `open`ed."""
+        async with self._freed:
+            index = min(self.retired) if self.retired else len(self.is_up)
+            if index == len(self.is_up):
+                self.in_flight.append(0)
+                self.is_up.append(True)
+                self.is_reserved.append(False)
+            self.retired.discard(index)
+            self.gone.pop(index, None)
+            self.is_up[index] = True
+            self.starting.add(index)
+            return index
+
+    async def open(self, index: int) -> None:
+        async with self._freed:
+            self.starting.discard(index)
+            self._freed.notify_all()
+
+    def begin_drain(self, count: int) -> list[int]:
+        """Up to `count` open generators, the least loaded, that now take no new requests."""
+        candidates = sorted(
+            (i for i in range(len(self.is_up)) if self._is_open(i) and i not in self.gone),
+            key=lambda i: (self.in_flight[i], -i),
+        )
+        chosen = candidates[:max(count, 0)]
+        self.draining.update(chosen)
+        return chosen
+
+    async def wait_drained(self, index: int) -> None:
+        """Return once the draining generator runs nothing (its requests ended, one way or
+        another)."""
+        async with self._freed:
+            await self._freed.wait_for(lambda: self.in_flight[index] == 0)
+
+    async def retire(self, index: int) -> None:
+        """Its actor is gone for good (drained and killed, or never started): an empty slot."""
+        async with self._freed:
+            self.starting.discard(index)
+            self.draining.discard(index)
+            self.gone.pop(index, None)
+            self.is_up[index] = False
+            self.is_reserved[index] = False
+            self.retired.add(index)
+            self._freed.notify_all()
+
+    def counts(self) -> SlotCounts:
+        live = [i for i in range(len(self.is_up)) if i not in self.retired and i not in self.gone]
+        return SlotCounts(
+            open=sum(1 for i in live if self._is_open(i)),
+            starting=sum(1 for i in live if i in self.starting),
+            draining=sum(1 for i in live if i in self.draining),
+            gone=len(self.gone),
+        )
+
+    def _is_open(self, index: int) -> bool:
+        return (
+            index not in self.starting
+            and index not in self.draining
+            and index not in self.retired
+        )
 
     async def _wait(self) -> None:
         self.num_waiting += 1
@@ -117,7 +196,7 @@ class Router:
             self.num_waiting -= 1
 
     def _check_some_left(self) -> None:
-        if len(self.gone) == len(self.is_up):
+        if len(self.gone) + len(self.retired) == len(self.is_up):
             raise NoActorAvailableError("generator", self.gone)
 
     def _choose(self, keys: Sequence[ImageKey]) -> int | None:
@@ -125,6 +204,7 @@ class Router:
             i
             for i, n in enumerate(self.in_flight)
             if n < self.max_in_flight and self.is_up[i] and not self.is_reserved[i]
+            and self._is_open(i)
         ]
         if not open_indexes:
             return None

@@ -3,6 +3,9 @@
 SIGTERM and SIGINT drain (see `orchestrator/queue/server.py`); a second signal does not cut
 the drain short, the grace period does. `ServerThread` runs the same server on a thread of
 its own, for `vlmq demo` and the benchmarks, which submit from the main thread.
+
+Given a `ScalerConfig`, the scaler (`orchestrator/scaler/`) runs beside the server on its
+event loop, resizing the pipeline's pools to the queue's backlog, and stops with it.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.pipeline.config import PipelineConfig
 from orchestrator.pipeline.driver import Pipeline
@@ -21,30 +25,71 @@ from orchestrator.queue.config import QueueConfig
 from orchestrator.queue.runner import JobRunner
 from orchestrator.queue.server import QueueServer
 
+if TYPE_CHECKING:
+    from orchestrator.scaler.config import ScalerConfig
+    from orchestrator.scaler.loop import Scaler
+
 log = logging.getLogger(__name__)
 
 
-def serve(queue_config: QueueConfig, pipeline_config: PipelineConfig) -> int:
-    """Serve until SIGTERM or SIGINT, then drain; Ray must be initialised."""
+def serve(
+    queue_config: QueueConfig, pipeline_config: PipelineConfig,
+    scaler_config: ScalerConfig | None = None,
+) -> int:
+    """Serve until SIGTERM or SIGINT, then drain; Ray must be initialised.
+
+    With `scaler_config`, the pools are scaled on the queue's backlog within its bounds.
+    """
     pipeline = Pipeline(pipeline_config)
     pipeline.start()
+    scaler = None
     try:
         server = QueueServer(queue_config, pipeline)
         _publish_chat_template(queue_config, pipeline_config)
-        asyncio.run(serve_until_signalled(server, pipeline_config.engine.model_dir))
+        if scaler_config is not None:
+            scaler = make_scaler(scaler_config, queue_config, pipeline)
+        asyncio.run(serve_until_signalled(server, pipeline_config.engine.model_dir, scaler))
     finally:
+        if scaler is not None:
+            scaler.backlog.close()
         pipeline.close()
     counts = ", ".join(f"{k} {v}" for k, v in server.counters.as_dict().items() if v)
     print(f"vlmq serve: stopped ({counts or 'nothing done'})", flush=True)
     return 0
 
 
-async def serve_until_signalled(server: QueueServer, what: str) -> None:
+def make_scaler(
+    scaler_config: ScalerConfig, queue_config: QueueConfig, pipeline: Pipeline
+) -> Scaler:
+    """A scaler of the pipeline's pools on the backlog of the server's queue."""
+    from orchestrator.scaler.backlog import BacklogReader
+    from orchestrator.scaler.loop import Scaler
+
+    return Scaler(scaler_config, pipeline, pipeline.config.pool, BacklogReader(queue_config))
+
+
+async def run_with_scaler(server: QueueServer, scaler: Scaler | None) -> None:
+    """Run the server, and the scaler beside it until the server has drained."""
+    if scaler is None:
+        await server.run()
+        return
+    stopping = asyncio.Event()
+    scaling = asyncio.create_task(scaler.run(stopping))
+    try:
+        await server.run()
+    finally:
+        stopping.set()
+        await scaling
+
+
+async def serve_until_signalled(
+    server: QueueServer, what: str, scaler: Scaler | None = None
+) -> None:
     """Run the server; SIGTERM and SIGINT make it drain. Prints one line once it serves."""
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _stopper(server, signum))
-    running = asyncio.create_task(server.run())
+    running = asyncio.create_task(run_with_scaler(server, scaler))
     ready = asyncio.create_task(server.ready.wait())
     await asyncio.wait([running, ready], return_when=asyncio.FIRST_COMPLETED)
     if server.ready.is_set():
@@ -85,8 +130,10 @@ def _stopper(server: QueueServer, signum: int) -> Callable[[], None]:
 class ServerThread:
     """A QueueServer on a thread and event loop of its own."""
 
-    def __init__(self, config: QueueConfig, runner: JobRunner) -> None:
+    def __init__(self, config: QueueConfig, runner: JobRunner, scaler: Scaler | None = None
+                 ) -> None:
         self.server = QueueServer(config, runner)
+        self.scaler = scaler
         self._done: Future[object] = Future()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="vlmq-queue-server", daemon=True)
@@ -111,7 +158,8 @@ class ServerThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         try:
-            self._loop.run_until_complete(self.server.run())
+            work: Coroutine[Any, Any, None] = run_with_scaler(self.server, self.scaler)
+            self._loop.run_until_complete(work)
             self._done.set_result(None)
         except BaseException as error:
             log.exception("queue server failed")

@@ -29,6 +29,8 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from orchestrator.metrics import definitions as metrics
+from orchestrator.metrics.queue_sampler import sample_queue_depth
 from orchestrator.pipeline.job import JobOutcome, JobRequest
 from orchestrator.queue.config import QueueConfig
 from orchestrator.queue.library import ensure_library_async
@@ -98,6 +100,8 @@ class _Finish:
     action: str  # succeeded | failed | cancelled | retry | release
     delay_ms: int
     result: bytes
+    error_type: str = ""  # of a failure, for its metric
+    created_ms: int = 0  # the job's submission, for its latency metric
 
 
 @dataclass(slots=True)
@@ -211,6 +215,9 @@ class QueueServer:
 
     def _start(self, claim: Claim) -> None:
         self.counters.claimed += 1
+        queue = self.config.queue
+        metrics.JOBS_CLAIMED.inc(queue=queue)
+        metrics.REQUEST_QUEUE_TIME.observe(time.time() - claim.created_ms / 1000, queue=queue)
         if claim.job_id in self._held:
             # This server still runs an older claim of the job (its lease was lost): let the
             # new claim wait out a short delay rather than run the job twice here.
@@ -237,7 +244,7 @@ class QueueServer:
                 )
             except InvalidRequestError:
                 encoded = b""  # its very ID is not one a result may carry: no result then
-            self._queue_finish(claim, "failed", encoded)
+            self._queue_finish(claim, "failed", encoded, error_type=type(error).__name__)
             return
         held = _Held(claim, spec, time.time())
         try:
@@ -302,7 +309,8 @@ class QueueServer:
             self._queue_finish(claim, "release", b"")  # not the job's doing: hand it back
         elif failure.is_job_error:
             result = _error_result(claim, held, failure.error_type, failure.message, True)
-            self._queue_finish(claim, "failed", encode_result(result))
+            self._queue_finish(claim, "failed", encode_result(result),
+                               error_type=failure.error_type)
         else:
             result = _error_result(claim, held, failure.error_type, failure.message, False)
             self._queue_finish(
@@ -331,8 +339,11 @@ class QueueServer:
 
     # Writing outcomes
 
-    def _queue_finish(self, claim: Claim, action: str, result: bytes, delay_ms: int = 0) -> None:
-        self._finishes.append(_Finish(claim.job_id, claim.fence, action, delay_ms, result))
+    def _queue_finish(
+        self, claim: Claim, action: str, result: bytes, delay_ms: int = 0, error_type: str = ""
+    ) -> None:
+        self._finishes.append(_Finish(claim.job_id, claim.fence, action, delay_ms, result,
+                                      error_type, claim.created_ms))
         self._flush.set()
 
     async def _finish_loop(self) -> None:
@@ -362,6 +373,7 @@ class QueueServer:
                 return
 
     def _count(self, item: _Finish, answer: str) -> None:
+        self._export(item, answer)
         if answer == "stale":
             self.counters.stale_refused += 1
             log.warning("job %s: outcome refused, its claim is stale", item.job_id)
@@ -373,6 +385,25 @@ class QueueServer:
             self.counters.released += 1
         elif answer in ("succeeded", "failed", "cancelled"):
             setattr(self.counters, answer, getattr(self.counters, answer) + 1)
+
+    def _export(self, item: _Finish, answer: str) -> None:
+        queue = self.config.queue
+        if answer == "stale":
+            metrics.STALE_COMPLETIONS_REFUSED.inc(queue=queue)
+        elif answer == "dead":
+            metrics.JOBS_DEAD_LETTERED.inc(queue=queue)
+        elif item.action == "retry":
+            metrics.JOBS_RETRIED.inc(queue=queue)
+        elif item.action == "release":
+            metrics.JOBS_RELEASED.inc(queue=queue)
+        elif answer == "failed":
+            metrics.JOBS_FAILED.inc(queue=queue, error_type=item.error_type or "unknown")
+        elif answer in ("succeeded", "cancelled"):
+            metrics.JOBS_COMPLETED.inc(queue=queue, state=answer)
+            if answer == "succeeded":
+                metrics.E2E_REQUEST_LATENCY.observe(
+                    time.time() - item.created_ms / 1000, queue=queue
+                )
 
     # Leases
 
@@ -440,6 +471,8 @@ class QueueServer:
                     "vlmq_reap", 1, self.keys.base, _MAX_REAPED_PER_CALL
                 )
                 await self._expire_batches()
+                metrics.JOBS_HELD.set(len(self._held), queue=self.config.queue)
+                await sample_queue_depth(self._redis, self.keys, self.config.queue)
             except (redis.ConnectionError, redis.TimeoutError) as error:
                 if self._closing:
                     return

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+from worker.actors import metrics
 from worker.actors.fault_injection import FaultInjection
 from worker.actors.stats import ActorCounters, ActorStats
 from worker.engines import EngineConfig, ImageFeatures, start_language_engine
@@ -76,14 +77,28 @@ class GeneratorActor:
                 add_bos=call.add_bos,
             )
             future = self.engine.submit(request)
+            self._report_running()
             try:
-                return await asyncio.wrap_future(future)
+                result = await asyncio.wrap_future(future)
+                _record_generation(self.config.name, result)
+                return result
             except asyncio.CancelledError:
                 # The wrapper cancels a still-queued future; a running one needs the engine.
                 self.engine.abort(future)
                 raise
             except EngineDiedError as error:
                 _exit_for_restart(self.config.name, error)
+            except Exception as error:
+                metrics.ACTOR_FAILURES.inc(role="generator", actor=self.config.name,
+                                           error_type=type(error).__name__)
+                raise
+            finally:
+                self._report_running(leaving=1)
+
+    def _report_running(self, leaving: int = 0) -> None:
+        metrics.NUM_REQUESTS_RUNNING.set(
+            self._counters.num_active - leaving, role="generator", actor=self.config.name
+        )
 
     def stats(self) -> ActorStats:
         # The readiness probe: an engine whose thread died while idle takes its actor down here,
@@ -92,6 +107,16 @@ class GeneratorActor:
             died = EngineDiedError(f"the engine thread died: {failure!r}")
             _exit_for_restart(self.config.name, died)
         return self._counters.stats()
+
+
+def _record_generation(actor: str, result: GenerationResult) -> None:
+    timings = result.timings
+    metrics.ENGINE_QUEUE_TIME.observe(timings.queue_s, actor=actor)
+    metrics.TIME_TO_FIRST_TOKEN.observe(timings.queue_s + timings.prefill_s, actor=actor)
+    metrics.PREFILL_TIME.observe(timings.prefill_s, actor=actor)
+    metrics.DECODE_TIME.observe(timings.decode_s, actor=actor)
+    metrics.PROMPT_TOKENS.inc(result.num_prompt_tokens, actor=actor)
+    metrics.GENERATION_TOKENS.inc(result.num_completion_tokens, actor=actor)
 
 
 def _exit_for_restart(name: str, error: EngineDiedError) -> NoReturn:

@@ -10,10 +10,12 @@ ready, or raises what went wrong, without moving the features.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 
 from PIL import Image
 
+from worker.actors import metrics
 from worker.actors.fault_injection import FaultInjection
 from worker.actors.stats import ActorCounters, ActorStats
 from worker.engines import EngineConfig, ImageFeatures, start_vision_engine
@@ -37,8 +39,20 @@ class VisionActor:
         return f"VisionActor({self.config.name}, {self.config.engine.kind}, gpus={gpus})"
 
     def embed(self, image: Image.Image) -> tuple[ImageFeatures, int]:
-        with self._counters.track():
-            features = self._engine.embed(image)
+        name = self.config.name
+        started = time.perf_counter()
+        try:
+            with self._counters.track():
+                metrics.NUM_REQUESTS_RUNNING.set(self._counters.num_active, role="vision",
+                                                 actor=name)
+                features = self._engine.embed(image)
+        except Exception as error:
+            metrics.ACTOR_FAILURES.inc(role="vision", actor=name, error_type=type(error).__name__)
+            raise
+        finally:
+            metrics.NUM_REQUESTS_RUNNING.set(self._counters.num_active, role="vision", actor=name)
+        metrics.VISION_CALLS.inc(actor=name)
+        metrics.VISION_TIME.observe(time.perf_counter() - started, actor=name)
         return features, features.layout.num_image_rows
 
     def stats(self) -> ActorStats:

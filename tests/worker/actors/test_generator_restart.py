@@ -34,7 +34,8 @@ RESTART_TIMEOUT_S = 180.0
 
 def kill_engine_thread(actor: object) -> str:
     """Run in the actor's process: raise SystemExit inside the engine's thread; its name."""
-    (thread,) = [t for t in threading.enumerate() if t.name.startswith("vlmq-")]
+    # The engine thread is named for its model's family (other vlmq threads run beside it).
+    (thread,) = [t for t in threading.enumerate() if t.name in ("vlmq-pixtral", "vlmq-qwen2-vl")]
     assert thread.ident is not None
     # Delivered when the thread next runs Python code: once a request wakes it.
     raised = ctypes.pythonapi.PyThreadState_SetAsyncExc(

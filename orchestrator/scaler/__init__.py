@@ -1,0 +1,1 @@
+"""The scaler: vision and generator actors sized to the queue's backlog (see `loop.py`)."""
