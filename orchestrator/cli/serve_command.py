@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -69,6 +70,9 @@ _SHARE = click.FloatRange(min=0, min_open=True)
               help="with --autoscale: shrink only after the work asked for fewer actors this long")
 @click.option("--max-queue-wait-s", type=_SHARE, default=60.0, show_default=True, metavar="S",
               help="with --autoscale: a queued job older than this adds a generator")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True,
+              help="what vlmq logs on stderr (scaling decisions and expired batches at info)")
 @redis_options
 def serve(
     *,
@@ -101,6 +105,7 @@ def serve(
     max_vision: int,
     scale_down_idle_s: float,
     max_queue_wait_s: float,
+    log_level: str,
 ) -> None:
     """Serve one queue with one model: claim its jobs from Redis and run them on Ray.
 
@@ -111,6 +116,7 @@ def serve(
     \b
     vlmq serve --model ./tiny-pixtral --queue captions --num-gpus 1
     """
+    _log_to_stderr(log_level)
     # Imported here: Ray and torch are slow to import, and the other commands do not need them.
     import ray
 
@@ -178,3 +184,13 @@ def serve(
         serve_queue(queue_config, pipeline_config, scaler_config)
     finally:
         ray.shutdown()
+
+
+def _log_to_stderr(level: str) -> None:
+    """vlmq's own loggers (not Ray's or redis-py's) to stderr, one line a record."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("orchestrator", "worker"):
+        logger = logging.getLogger(name)
+        logger.setLevel(level.upper())
+        logger.addHandler(handler)

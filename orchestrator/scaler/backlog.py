@@ -22,6 +22,12 @@ class Backlog:
     retrying: int  # waiting out a backoff
     running: int  # claimed, by any server
     oldest_wait_s: float  # 0 with nothing queued
+    servers: int = 1  # servers of the queue heard from lately (this one among them), at least 1
+
+    def share(self, count: int) -> int:
+        """This server's share of `count` jobs of the shared backlog: each server sizes its own
+        pipeline for its part, so N servers do not each grow to the bound for all of it."""
+        return -(-count // self.servers)
 
 
 class BacklogReader:
@@ -37,7 +43,8 @@ class BacklogReader:
         queued = max(
             sum(status.queued_per_lane), status.unfinished - status.running - status.retrying
         )
-        return Backlog(queued, status.retrying, status.running, self._oldest_wait_s())
+        return Backlog(queued, status.retrying, status.running, self._oldest_wait_s(),
+                       max(1, len(status.servers)))
 
     def close(self) -> None:
         self.client.close()

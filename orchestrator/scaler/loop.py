@@ -113,8 +113,8 @@ class Scaler:
         counts = await asyncio.to_thread(self.pipeline.actor_counts)
         inputs = ScalerInputs(
             now_s=time.monotonic(),
-            queued=backlog.queued,
-            retrying=backlog.retrying,
+            queued=backlog.share(backlog.queued),
+            retrying=backlog.share(backlog.retrying),
             running=self.pipeline.in_flight,
             oldest_wait_s=backlog.oldest_wait_s,
             vision_actors=counts.vision.serving,
