@@ -25,25 +25,17 @@ every time can only take itself down on later attempts, never the innocent reque
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
-from orchestrator.pipeline.errors import NoActorAvailableError
+from orchestrator.pipeline.actor_slots import ActorSlots
 from orchestrator.pipeline.image_key import ImageKey
-from orchestrator.pipeline.slot_counts import SlotCounts
 from worker.bounded_lru import BoundedLru
 
 
-class Router:
+class Router(ActorSlots):
     def __init__(self, num_generators: int, max_in_flight: int, affinity_slack: int) -> None:
-        self.in_flight = [0] * num_generators
-        self.is_up = [True] * num_generators
+        super().__init__(num_generators, "generator")
         self.is_reserved = [False] * num_generators  # draining for, or running, a lone request
-        self.gone: dict[int, str] = {}  # generators given up on, and why
-        # Slots that take no new requests: not answering yet, being drained, or emptied.
-        self.starting: set[int] = set()
-        self.draining: set[int] = set()
-        self.retired: set[int] = set()
         self.max_in_flight = max_in_flight
         self.affinity_slack = affinity_slack
         self.num_affine = 0  # requests sent where their images were
@@ -51,14 +43,13 @@ class Router:
         self.num_waiting = 0  # callers waiting for a generator now (a progress signal)
         self.num_waits = 0  # times a caller began to wait (a progress signal)
         self._home: BoundedLru[ImageKey, int] = BoundedLru(100_000)
-        self._freed = asyncio.Condition()
 
     async def acquire(self, keys: Sequence[ImageKey]) -> int:
         """A generator index for a request with these images; waits while all are full.
 
         Raises `NoActorAvailableError` once every generator is given up on.
         """
-        async with self._freed:
+        async with self._changed:
             while True:
                 self._check_some_left()
                 index = self._choose(keys)
@@ -72,7 +63,7 @@ class Router:
 
     async def acquire_alone(self) -> int:
         """A generator that runs nothing else while the caller's request runs."""
-        async with self._freed:
+        async with self._changed:
             while True:
                 self._check_some_left()
                 free = [
@@ -101,103 +92,25 @@ class Router:
                 return index
 
     async def release(self, index: int, alone: bool = False) -> None:
-        async with self._freed:
+        async with self._changed:
             self.in_flight[index] -= 1
             if alone:
                 self.is_reserved[index] = False
-            self._freed.notify_all()
+            self._changed.notify_all()
 
-    async def set_up(self, index: int, is_up: bool) -> None:
-        async with self._freed:
-            if index in self.retired:
-                return  # a late word about an actor the scaler already killed
-            self.is_up[index] = is_up
-            if is_up:
-                self.gone.pop(index, None)
-            self._freed.notify_all()
+    def _grow(self) -> None:
+        self.is_reserved.append(False)
 
-    async def set_gone(self, index: int, why: str) -> None:
-        """Give up on a down generator: `why` ends up in the error its waiters get."""
-        async with self._freed:
-            if index in self.retired:
-                return
-            self.is_up[index] = False
-            self.gone[index] = why
-            self._freed.notify_all()
-
-    async def add_slot(self) -> int:
-        """A slot for a generator being started: it takes requests once `open`ed."""
-        async with self._freed:
-            index = min(self.retired) if self.retired else len(self.is_up)
-            if index == len(self.is_up):
-                self.in_flight.append(0)
-                self.is_up.append(True)
-                self.is_reserved.append(False)
-            self.retired.discard(index)
-            self.gone.pop(index, None)
-            self.is_up[index] = True
-            self.starting.add(index)
-            return index
-
-    async def open(self, index: int) -> None:
-        async with self._freed:
-            self.starting.discard(index)
-            self._freed.notify_all()
-
-    def begin_drain(self, count: int) -> list[int]:
-        """Up to `count` open generators, the least loaded, that now take no new requests."""
-        candidates = sorted(
-            (i for i in range(len(self.is_up)) if self._is_open(i) and i not in self.gone),
-            key=lambda i: (self.in_flight[i], -i),
-        )
-        chosen = candidates[:max(count, 0)]
-        self.draining.update(chosen)
-        return chosen
-
-    async def wait_drained(self, index: int) -> None:
-        """Return once the draining generator runs nothing (its requests ended, one way or
-        another)."""
-        async with self._freed:
-            await self._freed.wait_for(lambda: self.in_flight[index] == 0)
-
-    async def retire(self, index: int) -> None:
-        """Its actor is gone for good (drained and killed, or never started): an empty slot."""
-        async with self._freed:
-            self.starting.discard(index)
-            self.draining.discard(index)
-            self.gone.pop(index, None)
-            self.is_up[index] = False
-            self.is_reserved[index] = False
-            self.retired.add(index)
-            self._freed.notify_all()
-
-    def counts(self) -> SlotCounts:
-        live = [i for i in range(len(self.is_up)) if i not in self.retired and i not in self.gone]
-        return SlotCounts(
-            open=sum(1 for i in live if self._is_open(i)),
-            starting=sum(1 for i in live if i in self.starting),
-            draining=sum(1 for i in live if i in self.draining),
-            gone=len(self.gone),
-        )
-
-    def _is_open(self, index: int) -> bool:
-        return (
-            index not in self.starting
-            and index not in self.draining
-            and index not in self.retired
-        )
+    def _retired(self, index: int) -> None:
+        self.is_reserved[index] = False
 
     async def _wait(self) -> None:
         self.num_waiting += 1
         self.num_waits += 1
         try:
-            await self._freed.wait()
+            await self._changed.wait()
         finally:
             self.num_waiting -= 1
-
-    def _check_some_left(self) -> None:
-        if len(self.gone) + len(self.retired) == len(self.is_up):
-            raise NoActorAvailableError("generator", self.gone)
 
     def _choose(self, keys: Sequence[ImageKey]) -> int | None:
         open_indexes = [
