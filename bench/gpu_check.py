@@ -464,6 +464,8 @@ def _epoch(language: ExLlamaV2Language, request: GenerationRequest) -> str:
     language.submit(newer).result(WAIT_S)
     cached = {f.result.request_id: f.num_cached_tokens for f in language.recent_finished()}
     assert cached["again"] > 1, "the same prompt again did not hit the prefix cache"
+    # What the generator actor counts into vlmq_prefix_cache_hits_total.
+    assert again.num_cached_tokens == cached["again"], "the result's cached tokens differ"
     assert cached["newer"] <= 1, f"newer epoch reused {cached['newer']} cached tokens"
     assert language.num_page_table_resets == resets + 1
     stale = language.submit(replace(request, request_id="stale"))

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 from concurrent.futures import Future
 
+from orchestrator.pipeline.actor_load import ActorLoad
 from orchestrator.pipeline.job import JobOutcome, JobRequest
 from orchestrator.queue.config import QueueConfig
 from orchestrator.queue.serve import serve_until_signalled
@@ -34,6 +35,9 @@ class NoOpRunner:
         result = GenerationResult(job.job_id, "", FinishReason.EOS, 0, 0, (), _NO_TIMINGS)
         future.set_result(JobOutcome(job.job_id, result, None, 1))
         return future
+
+    def actor_loads(self) -> tuple[ActorLoad, ...]:
+        return ()  # no actors: the server publishes its own counts only
 
     def cancel(self, job_id: str) -> bool:
         return False

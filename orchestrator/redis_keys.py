@@ -111,6 +111,11 @@ class QueueKeys:
         """Sorted set: consumer name of each server -> the ms it was last heard from."""
         return f"{self.base}:servers"
 
+    def server_load(self, consumer: str) -> str:
+        """String, JSON, expiring: what the server `consumer` holds and its actors run now
+        (`orchestrator/queue/server_load.py`); a report for `vlmq status`, read by nothing else."""
+        return f"{self.base}:load:{consumer}"
+
 
 @dataclass(frozen=True, slots=True)
 class BatchKeys:

@@ -17,6 +17,7 @@ from orchestrator.private_redis import PrivateRedisServer
 from orchestrator.queue.config import QueueConfig
 from orchestrator.queue.schema import JOB_FIELDS, RESULT_FIELDS, decode_job
 from orchestrator.queue.serve import ServerThread
+from orchestrator.queue.server_load import ACTOR_LOAD_FIELDS, LOAD_FIELDS
 from tests.support.queue_runners import ScriptedRunner
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
@@ -66,3 +67,8 @@ def test_the_doc_tables_name_every_field_of_the_schema() -> None:
         assert f"| `{key}` |" in job_table, key
     for key in RESULT_FIELDS:
         assert f"`{key}`" in result_table, key
+    load_table = text.split("## Server load", 1)[1].split("\n## ", 1)[0]
+    for key in LOAD_FIELDS:
+        assert f"| `{key}` |" in load_table, key
+    for key in ACTOR_LOAD_FIELDS:
+        assert f"`{key}`" in load_table, key

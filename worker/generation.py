@@ -66,3 +66,6 @@ class GenerationResult:
     num_completion_tokens: int
     completion_ids: tuple[int, ...]
     timings: Timings
+    # Prompt tokens whose keys and values the engine's prefix cache already held (exllamav2's
+    # paged cache); None for an engine that keeps no prefix cache (transformers).
+    num_cached_tokens: int | None = None

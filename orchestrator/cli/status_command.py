@@ -1,5 +1,6 @@
-"""`vlmq status`: a queue's backlog and servers, one batch's counts (live with `--watch`), or
-one job's state. Talks to Redis only: imports no torch, Ray or transformers."""
+"""`vlmq status`: a queue's backlog, its servers and their actors' load, one batch's counts (live
+with `--watch`), or one job's state. Talks to Redis only (`--ray-dashboard` adds Ray's view):
+imports no torch, Ray or transformers."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from orchestrator.cli.batch_watch import watch_batch
 from orchestrator.cli.command_error import CommandError
 from orchestrator.cli.exit_codes import ExitCode
 from orchestrator.cli.job_view import job_json, job_lines
+from orchestrator.cli.load_view import load_json, load_lines, running_by_actor
 from orchestrator.cli.options import json_option, namespace_option, queue_option, redis_options
 from orchestrator.cli.output import console, print_json, print_lines
 from orchestrator.cli.queue_view import queue_json, queue_lines
@@ -53,7 +55,8 @@ def status(
     """Show a queue, a batch or a job.
 
     \b
-    vlmq status                    the queue: backlog per lane, running, servers, counters
+    vlmq status                    the queue: backlog per lane, running, counters, and each
+                                   server's actors: state, GPU share, requests running
     vlmq status BATCH              the batch's jobs counted per state
     vlmq status BATCH --watch      the same, live, until no job of the batch is unfinished
     vlmq status --job ID           one job's state and history
@@ -98,16 +101,18 @@ def _show_batch(
 
 def _show_queue(client: Client, queue: str, as_json: bool, ray_dashboard: str | None) -> None:
     status = client.queue_status(queue)
+    loads = client.server_loads(queue, status.servers)
     cluster = None if ray_dashboard is None else _cluster(ray_dashboard)
     if as_json:
         view = queue_json(status)
+        view["loads"] = load_json(loads)
         if cluster is not None:
             view["cluster"] = {"actors": [dataclasses.asdict(actor) for actor in cluster.actors]}
         print_json(view)
         return
-    lines = queue_lines(status)
+    lines = queue_lines(status) + load_lines(loads)
     if cluster is not None:
-        lines += _cluster_lines(cluster)
+        lines += _cluster_lines(cluster, running_by_actor(loads))
     print_lines(console(), lines)
 
 
@@ -122,12 +127,15 @@ def _cluster(address: str) -> ClusterView:
                            ExitCode.FAILED) from None
 
 
-def _cluster_lines(cluster: ClusterView) -> list[str]:
+def _cluster_lines(cluster: ClusterView, running: dict[str, int]) -> list[str]:
+    """Ray's view of the actors, with what each runs where a server of the queue says."""
     lines = []
     for role in ("vision", "generator", "allocator"):
         actors = cluster.of_role(role)
         gpus = sum(actor.num_gpus for actor in actors if actor.state == "ALIVE")
         lines.append(f"{role}: {cluster.num_alive(role)} of {len(actors)} alive, {gpus:g} GPUs")
-        lines += [f"  {actor.name}  {actor.state}  GPU {actor.num_gpus:g}  "
-                  f"restarts {actor.num_restarts}" for actor in actors]
+        for actor in actors:
+            load = f"  running {running[actor.name]}" if actor.name in running else ""
+            lines.append(f"  {actor.name}  {actor.state}  GPU {actor.num_gpus:g}  "
+                         f"restarts {actor.num_restarts}{load}")
     return lines

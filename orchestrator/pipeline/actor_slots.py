@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
+from orchestrator.pipeline.actor_load import SlotState
 from orchestrator.pipeline.errors import NoActorAvailableError
 from orchestrator.pipeline.slot_counts import SlotCounts
 
@@ -99,6 +100,20 @@ class ActorSlots:
             draining=sum(1 for i in live if i in self.draining),
             gone=len(self.gone),
         )
+
+    def states(self) -> dict[int, tuple[SlotState, int]]:
+        """Each slot that holds an actor (retired ones do not): its state and what it runs."""
+        return {i: (self._state(i), self.in_flight[i])
+                for i in range(len(self.is_up)) if i not in self.retired}
+
+    def _state(self, index: int) -> SlotState:
+        if index in self.gone:
+            return SlotState.GONE
+        if index in self.starting:
+            return SlotState.STARTING
+        if index in self.draining:
+            return SlotState.DRAINING
+        return SlotState.OPEN if self.is_up[index] else SlotState.DOWN
 
     def _is_open(self, index: int) -> bool:
         return (

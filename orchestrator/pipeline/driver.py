@@ -53,6 +53,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from orchestrator.allocator.handle import get_or_start_allocator
 from orchestrator.allocator.range_client import LeasedRangeClient
 from orchestrator.metrics import definitions as metrics
+from orchestrator.pipeline.actor_load import ActorLoad
 from orchestrator.pipeline.actor_pool import ActorPool, wait_until_up
 from orchestrator.pipeline.admission import Admission
 from orchestrator.pipeline.config import PipelineConfig
@@ -245,6 +246,11 @@ class Pipeline:
     def actor_counts(self) -> PoolCounts:
         """How the slots of each role stand now, from any thread."""
         return asyncio.run_coroutine_threadsafe(self._counts(), self._loop).result()
+
+    def actor_loads(self) -> tuple[ActorLoad, ...]:
+        """Every actor the pipeline holds now (vision first), its state and what it runs; from
+        any thread but the pipeline's own."""
+        return asyncio.run_coroutine_threadsafe(self._actor_loads(), self._loop).result(10.0)
 
     @property
     def in_flight(self) -> int:
@@ -442,6 +448,19 @@ class Pipeline:
 
     async def _counts(self) -> PoolCounts:
         return PoolCounts(self.vision.counts(), self.router.counts())
+
+    async def _actor_loads(self) -> tuple[ActorLoad, ...]:
+        pool = self.pool.config
+        roles = (
+            ("vision", self.vision, self.pool.vision_names, pool.gpus_per_vision_actor),
+            ("generator", self.router, self.pool.generator_names, pool.gpus_per_generator_actor),
+        )
+        return tuple(
+            # A slot added a moment before its actor is started has no name yet.
+            ActorLoad(role, names[index] if index < len(names) else "", state, running, gpus)
+            for role, slots, names, gpus in roles
+            for index, (state, running) in sorted(slots.states().items())
+        )
 
     async def _resize(self, vision: int, generators: int) -> None:
         if vision < 1 or generators < 1:

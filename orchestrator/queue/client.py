@@ -32,6 +32,7 @@ from orchestrator.queue.schema import (
     decode_result,
     encode_job,
 )
+from orchestrator.queue.server_load import PublishedLoad, decode_server_load
 from orchestrator.queue.states import JobState
 from orchestrator.redis_connection import RedisSettings
 from orchestrator.redis_keys import CONSUMER_GROUP, RedisKeys, check_name
@@ -279,6 +280,21 @@ class Client:
             servers=tuple(_text(name) for name in servers),
             counters={k: v for k, v in numbers.items() if k not in ("open", "turn")},
         )
+
+    def server_loads(self, queue: str, servers: Sequence[str]) -> list[PublishedLoad]:
+        """What each of `servers` (live ones, from `queue_status`) published of its load."""
+        keys = self.keys.queue(queue)
+        raw = self.redis.mget([keys.server_load(name) for name in servers]) if servers else []
+        loads = []
+        for name, value in zip(servers, raw, strict=True):
+            if value is None:
+                loads.append(PublishedLoad(name, None, "nothing published"))
+                continue
+            try:
+                loads.append(PublishedLoad(name, decode_server_load(value)))
+            except ValueError as error:
+                loads.append(PublishedLoad(name, None, f"unreadable: {error}"))
+        return loads
 
     def _results(self, job_ids: Sequence[str]) -> list[JobResult | None]:
         pipe = self.redis.pipeline(transaction=False)

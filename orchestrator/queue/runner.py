@@ -9,6 +9,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Protocol
 
+from orchestrator.pipeline.actor_load import ActorLoad
 from orchestrator.pipeline.job import JobOutcome, JobRequest
 
 
@@ -22,3 +23,7 @@ class JobRunner(Protocol):
 
     def cancel(self, job_id: str) -> bool:
         """End a job in flight now (outcome `JobCancelledError`); False if it is not."""
+
+    def actor_loads(self) -> tuple[ActorLoad, ...]:
+        """The actors jobs run on and what each runs now (the server publishes it for `vlmq
+        status`); empty for a runner without actors. Called from a thread of its own."""

@@ -8,7 +8,8 @@ One asyncio program, five loops on one event loop:
   a Redis outage is kept and tried again, never dropped;
 - renew: extends every held lease; a job whose lease was lost (another server took it) is
   cancelled here and never reported; one whose cancel was asked is cancelled in the runner;
-- reap: requeues jobs whose lease ended and publishes retries that are due;
+- reap: requeues jobs whose lease ended and publishes retries that are due; samples the
+  queue's depth for its metrics and writes this server's load for `vlmq status`;
 - cancel: a Pub/Sub fast path for cancels (renew would see them within `renew_every_s`).
 `stop()` (SIGTERM, SIGINT in `vlmq serve`) drains: no more claims; held jobs get
 `drain_grace_s` to finish; the rest are handed back at once (`release`), not left to expire.
@@ -43,6 +44,7 @@ from orchestrator.queue.schema import (
     decode_job,
     encode_result,
 )
+from orchestrator.queue.server_load import LOAD_TTL_S, ServerLoad, encode_server_load
 from orchestrator.queue.states import JobState
 from orchestrator.redis_keys import RedisKeys
 from worker.errors import InvalidRequestError
@@ -125,6 +127,7 @@ class QueueServer:
         self.keys = RedisKeys(config.namespace).queue(config.queue)
         self.cancel_channel = RedisKeys(config.namespace).cancel_channel
         self._namespace_keys = RedisKeys(config.namespace)
+        self._load_key = self.keys.server_load(config.consumer)
         self.counters = ServerCounters()
         self._held: dict[str, _Held] = {}
         self._finishes: list[_Finish] = []
@@ -171,6 +174,13 @@ class QueueServer:
             await finisher
             self._closing = True
             await _cancel_until_done(loops)
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                # It holds and runs nothing now, and is no longer one of the queue's servers
+                # (which `vlmq status` lists and each scaler divides the backlog by).
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.delete(self._load_key)
+                pipe.zrem(self.keys.servers, self.config.consumer)
+                await pipe.execute()
         finally:
             await blocking.aclose()
             await self._redis.aclose()
@@ -473,10 +483,25 @@ class QueueServer:
                 await self._expire_batches()
                 metrics.JOBS_HELD.set(len(self._held), queue=self.config.queue)
                 await sample_queue_depth(self._redis, self.keys, self.config.queue)
+                await self._publish_load()
             except (redis.ConnectionError, redis.TimeoutError) as error:
                 if self._closing:
                     return
                 self._outage("reap", error)
+
+    async def _publish_load(self) -> None:
+        """Write what this server holds and its actors run, for `vlmq status` (a report that
+        expires with the server; see server_load.py)."""
+        assert self._redis is not None
+        try:
+            actors = await asyncio.to_thread(self.runner.actor_loads)
+        except Exception:  # the runner is closing, or slow: the next pass tries again
+            log.debug("no actor loads this pass", exc_info=True)
+            return
+        load = ServerLoad(self.config.consumer, len(self._held), self.runner.capacity,
+                          round(time.time() * 1000), actors)
+        await self._redis.set(self._load_key, encode_server_load(load),
+                              px=round(LOAD_TTL_S * 1000))
 
     async def _expire_batches(self) -> None:
         """Close the batches whose completion window ended: their unfinished jobs end

@@ -18,6 +18,7 @@ import os
 import threading
 from concurrent.futures import Future
 
+from orchestrator.pipeline.actor_load import ActorLoad
 from orchestrator.pipeline.job import JobFailure, JobOutcome, JobRequest
 from worker.generation import FinishReason, GenerationResult, Timings
 
@@ -58,6 +59,9 @@ class ScriptedRunner:
         else:
             self._resolve(job.job_id, success(job))
         return future
+
+    def actor_loads(self) -> tuple[ActorLoad, ...]:
+        return ()  # no actors: the server publishes its own counts only
 
     def cancel(self, job_id: str) -> bool:
         with self._lock:

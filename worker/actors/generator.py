@@ -81,6 +81,9 @@ class GeneratorActor:
             try:
                 result = await asyncio.wrap_future(future)
                 _record_generation(self.config.name, result)
+                if result.num_cached_tokens is not None:
+                    self._counters.count_prefix_cache(result.num_prompt_tokens,
+                                                      result.num_cached_tokens)
                 return result
             except asyncio.CancelledError:
                 # The wrapper cancels a still-queued future; a running one needs the engine.
@@ -117,6 +120,9 @@ def _record_generation(actor: str, result: GenerationResult) -> None:
     metrics.DECODE_TIME.observe(timings.decode_s, actor=actor)
     metrics.PROMPT_TOKENS.inc(result.num_prompt_tokens, actor=actor)
     metrics.GENERATION_TOKENS.inc(result.num_completion_tokens, actor=actor)
+    if result.num_cached_tokens is not None:  # the engine keeps a prefix cache
+        metrics.PREFIX_CACHE_QUERIES.inc(result.num_prompt_tokens, actor=actor)
+        metrics.PREFIX_CACHE_HITS.inc(result.num_cached_tokens, actor=actor)
 
 
 def _exit_for_restart(name: str, error: EngineDiedError) -> NoReturn:

@@ -159,8 +159,9 @@ PROMPT_TOKENS = counter(
     "vlmq_prompt_tokens_total", "Prompt tokens prefilled, image tokens included", "actor",
 )
 GENERATION_TOKENS = counter("vlmq_generation_tokens_total", "Tokens generated", "actor")
-# Recorded only by an engine that reports its prefix cache; the transformers engine has none,
-# and the exllamav2 engine does not report its page reuse yet: then these stay absent.
+# Counted in tokens, as vLLM does, for each request whose engine keeps a prefix cache
+# (exllamav2: `GenerationResult.num_cached_tokens`); the transformers engine keeps none, and
+# then these stay absent.
 PREFIX_CACHE_QUERIES = counter(
     "vlmq_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache", "actor",
 )

@@ -20,6 +20,10 @@ class ActorStats:
     num_completed: int
     num_failed: int
     num_features_received: int  # ImageFeatures this process unpickled
+    # A generator's prompt tokens looked up in its engine's prefix cache, and those found
+    # there (both 0 for an engine that keeps none, and for vision actors).
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
 
 
 class ActorCounters:
@@ -31,6 +35,12 @@ class ActorCounters:
         self.max_active = 0
         self.num_completed = 0
         self.num_failed = 0
+        self.prefix_cache_queries = 0
+        self.prefix_cache_hits = 0
+
+    def count_prefix_cache(self, num_prompt_tokens: int, num_cached_tokens: int) -> None:
+        self.prefix_cache_queries += num_prompt_tokens
+        self.prefix_cache_hits += num_cached_tokens
 
     @contextmanager
     def track(self) -> Iterator[None]:
@@ -57,4 +67,6 @@ class ActorCounters:
             num_completed=self.num_completed,
             num_failed=self.num_failed,
             num_features_received=num_features_received(),
+            prefix_cache_queries=self.prefix_cache_queries,
+            prefix_cache_hits=self.prefix_cache_hits,
         )

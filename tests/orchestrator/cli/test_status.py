@@ -68,7 +68,7 @@ def test_json_output_parses_and_has_the_fields(
     queue = json.loads(status(redis_server, namespace, "--queue", "captions", "--json").stdout)
     assert queue == {
         "queue": "captions", "unfinished": 2, "queued": {"high": 0, "normal": 1, "low": 1},
-        "running": 0, "retrying": 0, "servers": [], "counters": queue["counters"],
+        "running": 0, "retrying": 0, "servers": [], "counters": queue["counters"], "loads": [],
     }
     assert queue["counters"]["submitted"] == 2
     job = json.loads(status(redis_server, namespace, "--job", "a", "--json").stdout)

@@ -179,3 +179,16 @@ def test_vlmq_status_shows_the_cluster_from_the_dashboard(served: Served) -> Non
             ("generator", f"{prefix}-generator-1", "ALIVE"),
             ("vision", f"{prefix}-vision-0", "ALIVE")} <= names
     assert view["counters"]["succeeded"] == 7
+    # The serving side's own report, from Redis: the same actors, each with what it runs.
+    [load] = view["loads"]
+    assert {(a["role"], a["name"], a["state"], a["running"]) for a in load["actors"]} == {
+        ("vision", f"{prefix}-vision-0", "open", 0),
+        ("generator", f"{prefix}-generator-0", "open", 0),
+        ("generator", f"{prefix}-generator-1", "open", 0),
+    }
+    text = run_vlmq(
+        "status", "--queue", QUEUE, "--namespace", served.namespace, "--redis-url",
+        served.redis_url, "--ray-dashboard", served.head.dashboard_url,
+        env={"RAY_AUTH_MODE": "token"},
+    ).stdout
+    assert f"{prefix}-generator-1  ALIVE  GPU " in text and "restarts 0  running 0" in text

@@ -21,9 +21,12 @@ from worker.sampling_params import SamplingParams
 class FinishedJob:
     """A finished request and what exllamav2's prefix cache saved it."""
 
-    result: GenerationResult
-    num_cached_tokens: int  # prompt tokens whose keys and values came from the cache
+    result: GenerationResult  # its num_cached_tokens: prompt tokens the cache held
     num_cached_pages: int  # whole cache pages among them
+
+    @property
+    def num_cached_tokens(self) -> int:
+        return self.result.num_cached_tokens or 0
 
 
 def sampler_settings(params: SamplingParams) -> Any:
@@ -129,8 +132,8 @@ class JobStream:
                     prefill_s=float(result["time_prefill"]),
                     decode_s=float(result["time_generate"]),
                 ),
+                num_cached_tokens=int(result["cached_tokens"]),
             ),
-            num_cached_tokens=int(result["cached_tokens"]),
             num_cached_pages=int(result["cached_pages"]),
         )
 

@@ -560,6 +560,9 @@ def test_requests_sharing_images_run_as_one_batch(exl: ExLlamaV2Vlm) -> None:
     cached = {f.result.request_id: f.num_cached_tokens for f in engine.recent_finished()}
     assert cached["r0"] == 0 and cached["r2"] > a.token_range.length  # BOS + A's rows
     assert cached["r5"] > a.token_range.length and cached["r1"] == 0
+    # Each result carries its own count, which the generator actor exports as prefix-cache hits.
+    assert {r.request_id: f.result().num_cached_tokens
+            for r, f in zip(requests, futures, strict=True)} == cached
 
 
 def test_a_bad_request_fails_alone(exl: ExLlamaV2Vlm) -> None:
