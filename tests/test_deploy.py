@@ -198,7 +198,9 @@ def test_every_manifest_renders_and_validates(kustomization: str) -> None:
 
 
 def test_the_kustomizations_are_the_ones_documented() -> None:
-    assert kustomizations() == ["base", "optional/keda", "overlays/dev", "overlays/gpu"]
+    assert kustomizations() == [
+        "base", "optional/keda", "optional/vision-group", "overlays/dev", "overlays/gpu"
+    ]
 
 
 @needs_kubectl
@@ -292,7 +294,9 @@ def test_only_vlmq_pods_reach_redis(kustomization: str) -> None:
 
 
 @needs_kubectl
-@pytest.mark.parametrize("kustomization", ["overlays/dev", "overlays/gpu", "optional/keda"])
+@pytest.mark.parametrize(
+    "kustomization", ["overlays/dev", "overlays/gpu", "optional/keda", "optional/vision-group"]
+)
 def test_every_vlmq_command_line_parses(kustomization: str, tmp_path: Path) -> None:
     """With the real CLI: a misspelled option or a bad value in a manifest fails here."""
     invocations = list(vlmq_invocations(kustomization))
@@ -338,6 +342,31 @@ def test_the_ray_cluster_is_configured_as_vlmq_needs() -> None:
             else:
                 assert "nvidia.com/gpu" not in str(group)
                 assert int(group["rayStartParams"]["num-gpus"]) >= 1
+
+
+@needs_kubectl
+def test_the_vision_group_offers_exactly_what_the_vision_actors_ask_for() -> None:
+    """The resource and node label `vlmq serve` asks for are offered by the vision group
+    alone (else the vision actors would never start, or run beside the generators)."""
+    (serve,) = [argv for argv in vlmq_invocations("optional/vision-group") if argv[0] == "serve"]
+    command = vlmq_cli.get_command(click.Context(vlmq_cli), "serve")
+    assert command is not None
+    argv = ["/" if arg.startswith("/") else arg for arg in serve[1:]]
+    params = command.make_context("serve", argv).params
+    assert params["vision_resources"] == {"vision_gpu": 1.0}
+    assert params["vision_labels"] == {"vlmq.io/pool": "vision"}
+    assert params["gpus_per_vision_actor"] == 1.0
+    groups = {g["groupName"]: g for g in one("optional/vision-group", "RayCluster")["spec"][
+        "workerGroupSpecs"]}
+    assert set(groups) == {"gpu", "vision"}
+    vision = groups["vision"]
+    assert {k: float(v) for k, v in vision["resources"].items()} == params["vision_resources"]
+    assert vision["labels"] == params["vision_labels"]
+    assert "resources" not in groups["gpu"] and "labels" not in groups["gpu"]
+    limits = vision["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1"  # the whole GPU each vision actor asks for
+    volumes = {v["name"]: v for v in vision["template"]["spec"]["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "vlmq-models"
 
 
 @needs_kubectl

@@ -31,6 +31,16 @@ _SHARE = click.FloatRange(min=0, min_open=True)
 @click.option("--generator-actors", type=_POSITIVE, default=1, show_default=True, metavar="N")
 @click.option("--gpus-per-actor", type=_SHARE, default=0.5, show_default=True, metavar="F",
               help="GPU share of each vision and generator actor")
+@click.option("--gpus-per-vision-actor", type=_SHARE, metavar="F",
+              help="GPU share of each vision actor, where it differs (default: --gpus-per-actor)")
+@click.option("--vision-resource", "vision_resources", multiple=True, metavar="NAME=AMOUNT",
+              callback=lambda _ctx, _param, given: _vision_resources(given),
+              help="a custom Ray resource each vision actor holds, e.g. vision_gpu=1, so only "
+                   "nodes that offer it (a GPU group of their own) run them; repeat for more")
+@click.option("--vision-node-label", "vision_labels", multiple=True, metavar="KEY=VALUE",
+              callback=lambda _ctx, _param, given: _pairs(given, "--vision-node-label"),
+              help="a Ray node label vision actors must run on (Ray's label_selector), "
+                   "e.g. vlmq/pool=vision; repeat for more")
 @click.option("--max-batch-size", type=_POSITIVE, default=8, show_default=True, metavar="N",
               help="requests one generator decodes at once")
 @click.option("--lease-s", type=_SHARE, default=30.0, show_default=True, metavar="S",
@@ -86,6 +96,9 @@ def serve(
     vision_actors: int,
     generator_actors: int,
     gpus_per_actor: float,
+    gpus_per_vision_actor: float | None,
+    vision_resources: dict[str, float],
+    vision_labels: dict[str, str],
     max_batch_size: int,
     lease_s: float,
     drain_grace_s: float,
@@ -163,17 +176,25 @@ def serve(
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from None
-    pipeline_config = PipelineConfig(
-        engine=EngineConfig(str(model), EngineKind(engine), max_batch_size),
-        allocator=AllocatorConfig(redis_settings, namespace=namespace),
-        pool=PoolConfig(
+    try:
+        pool_config = PoolConfig(
             num_vision_actors=vision_actors,
             num_generator_actors=generator_actors,
-            gpus_per_vision_actor=gpus_per_actor,
+            gpus_per_vision_actor=(
+                gpus_per_actor if gpus_per_vision_actor is None else gpus_per_vision_actor
+            ),
             gpus_per_generator_actor=gpus_per_actor,
             name_prefix=f"{namespace}-{queue}",
             gpus_may_join=gpus_may_join,
-        ),
+            vision_resources=vision_resources,
+            vision_label_selector=vision_labels,
+        )
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    pipeline_config = PipelineConfig(
+        engine=EngineConfig(str(model), EngineKind(engine), max_batch_size),
+        allocator=AllocatorConfig(redis_settings, namespace=namespace),
+        pool=pool_config,
         image_sources=image_sources,
     )
     if ray_address:
@@ -184,6 +205,29 @@ def serve(
         serve_queue(queue_config, pipeline_config, scaler_config)
     finally:
         ray.shutdown()
+
+
+def _pairs(given: tuple[str, ...], option: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in given:
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip() or not value.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=option)
+        if key.strip() in pairs:
+            raise click.BadParameter(f"{key.strip()!r} is given twice", param_hint=option)
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _vision_resources(given: tuple[str, ...]) -> dict[str, float]:
+    amounts = {}
+    for name, amount in _pairs(given, "--vision-resource").items():
+        try:
+            amounts[name] = float(amount)
+        except ValueError:
+            raise click.BadParameter(f"{name}={amount}: the amount is not a number",
+                                     param_hint="--vision-resource") from None
+    return amounts
 
 
 def _log_to_stderr(level: str) -> None:

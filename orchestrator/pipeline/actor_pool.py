@@ -31,12 +31,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray._private.label_utils import validate_label_selector
 from ray.exceptions import ActorDiedError, RayActorError
 
 from worker.actors.fault_injection import FaultInjection
@@ -87,11 +89,15 @@ class PoolConfig:
         if self.num_vision_actors < 1 or self.num_generator_actors < 1:
             raise ValueError("a pool needs at least one vision and one generator actor")
         for name, amount in self.vision_resources.items():
-            if name in ("CPU", "GPU", "memory") or not amount > 0:
+            if name in ("CPU", "GPU", "memory") or not 0 < amount < math.inf:
                 raise ValueError(
                     f"vision_resources holds custom resources with positive amounts "
                     f"(CPU and GPU have their own fields), got {name}={amount!r}"
                 )
+        # Ray's own check of a selector (keys as Kubernetes label keys, values with optional
+        # operators), here so a bad one fails the configuration, not the first actor's start.
+        if problem := validate_label_selector(dict(self.vision_label_selector)):
+            raise ValueError(f"vision_label_selector: {problem}")
         for kind, share in self.gpu_shares:
             if share < 0:
                 raise ValueError(f"GPU shares cannot be negative, got {share:g} for {kind}")

@@ -135,6 +135,12 @@ class _InFlight:
 class _Availability(Protocol):
     """What the router and the vision balancer know of their actors being up."""
 
+    # Slots not routed to, so not counted alive: the drain took them out (`_resize` uncounts
+    # them), or their actor is gone for good.
+    draining: set[int]
+    retired: set[int]
+    is_up: list[bool]  # by slot: False while its actor is down (uncounted since it went down)
+
     async def set_up(self, index: int, is_up: bool) -> None: ...
 
     async def set_gone(self, index: int, why: str) -> None: ...
@@ -485,7 +491,8 @@ class Pipeline:
                 self._coming_up.discard((id(actors), index))  # a new actor: probe it afresh
                 self._track(self._bring_in(balancer, actors, index, actor))
             for index in balancer.begin_drain(have - wanted):
-                self._report_alive(actors, -1)  # no longer routed to
+                if balancer.is_up[index]:  # a down one was uncounted when it went down
+                    self._report_alive(actors, -1)  # no longer routed to
                 self._track(self._drain(balancer, actors, index))
         self._fit_room()
 
@@ -772,21 +779,36 @@ class Pipeline:
 
         The probe gives up at once when Ray reports the actor DEAD, else after
         `actor_restart_timeout_s`; the balancer then fails the requests waiting for an actor
-        of this kind once none is left.
+        of this kind once none is left. The probe watches the actor that died, not its slot:
+        once a drain has retired the slot and a new actor holds it, nothing the old actor's
+        probe learns is about the slot any more.
         """
-        if (id(actors), index) in self._coming_up:
+        key = (id(actors), index)
+        if key in self._coming_up:
             return
-        self._coming_up.add((id(actors), index))
-        self._report_alive(actors, -1)
+        self._coming_up.add(key)
+        handle = actors[index]
+        # A draining actor was uncounted when its drain began: its death is not counted again.
+        is_counted = index not in balancer.draining and index not in balancer.retired
+        if is_counted:
+            self._report_alive(actors, -1)
         await balancer.set_up(index, False)
 
+        def is_watched() -> bool:
+            # A retired slot filled again holds a new actor: `_resize` probes that one afresh.
+            return actors[index] is handle
+
         async def give_up(why: str) -> None:
-            await balancer.set_gone(index, why)
+            if is_watched():
+                await balancer.set_gone(index, why)
 
         async def bring_up() -> None:
-            if await wait_until_up(actors[index], self.config.actor_restart_timeout_s, give_up):
-                self._coming_up.discard((id(actors), index))
-                self._report_alive(actors, +1)
+            is_up = await wait_until_up(handle, self.config.actor_restart_timeout_s, give_up)
+            if is_up and is_watched():
+                self._coming_up.discard(key)
+                # Counted again only if routed to again: a drain may have begun meanwhile.
+                if index not in balancer.draining and index not in balancer.retired:
+                    self._report_alive(actors, +1)
                 await balancer.set_up(index, True)
             # Dead for good: it stays in _coming_up, so no later failure probes it again.
 

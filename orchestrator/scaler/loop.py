@@ -4,7 +4,10 @@ Every `interval_s` it reads the backlog from Redis and the pool's slots from the
 resizes the pipeline's pools to the decision (starting actors, or draining them: a drained
 actor finishes its running work before it is killed), and asks Ray's autoscaler, through
 `request_resources`, for room for the warm floor's actors. It is the only caller of
-`request_resources` in vlmq: each call replaces the last, so two callers would undo each other.
+`request_resources` in vlmq: Ray keeps one such request per cluster and each call replaces the
+last. So several autoscaling servers on one Ray cluster replace each other's floor (the last to
+ask wins; their pools are still sized right, each for its share of the backlog): run one
+`vlmq serve --autoscale` per cluster, as the manifests do, to keep the floor exact.
 
 What it saw and decided is kept in `last` (a `ScalerSnapshot`) and handed to `on_snapshot`;
 the desired count per role goes to the `vlmq_actors_desired` gauge.

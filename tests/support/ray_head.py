@@ -8,15 +8,14 @@ ports and a temporary directory, and end it by its process group, never with `ra
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
 from orchestrator.private_redis import free_port
+from tests.support.process_group import end_process_group
 from tests.support.waiting import wait_for
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -72,14 +71,7 @@ class RayHead:
     def stop(self) -> None:
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(30)
+        end_process_group(self.process)
 
     @staticmethod
     def _answers(url: str) -> bool:
