@@ -64,8 +64,11 @@ def make_scaler(
     """A scaler of the pipeline's pools on the backlog of the server's queue."""
     from orchestrator.scaler.backlog import BacklogReader
     from orchestrator.scaler.loop import Scaler
+    from orchestrator.scaler.warm_floor import SharedWarmFloor
 
-    return Scaler(scaler_config, pipeline, pipeline.config.pool, BacklogReader(queue_config))
+    # The floor's share is named after the server, as in the queue's `servers` set.
+    return Scaler(scaler_config, pipeline, pipeline.config.pool, BacklogReader(queue_config),
+                  floor=SharedWarmFloor(queue_config.consumer))
 
 
 async def run_with_scaler(server: QueueServer, scaler: Scaler | None) -> None:

@@ -161,6 +161,9 @@ class QueueServer:
         )
         try:
             await self._retrying(self._prepare)
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                # Before its first claim lists it among the queue's servers.
+                await self._publish_load()
             self.ready.set()
             loops = [
                 asyncio.create_task(self._renew_loop()),

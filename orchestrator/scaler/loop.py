@@ -2,12 +2,10 @@
 
 Every `interval_s` it reads the backlog from Redis and the pool's slots from the pipeline,
 resizes the pipeline's pools to the decision (starting actors, or draining them: a drained
-actor finishes its running work before it is killed), and asks Ray's autoscaler, through
-`request_resources`, for room for the warm floor's actors. It is the only caller of
-`request_resources` in vlmq: Ray keeps one such request per cluster and each call replaces the
-last. So several autoscaling servers on one Ray cluster replace each other's floor (the last to
-ask wins; their pools are still sized right, each for its share of the backlog): run one
-`vlmq serve --autoscale` per cluster, as the manifests do, to keep the floor exact.
+actor finishes its running work before it is killed), and holds room on the cluster for the
+warm floor's actors: its share of the cluster's one `request_resources` request, which the
+cluster's `WarmFloorKeeper` (warm_floor.py) makes for every scaler together, so servers
+scaling on one cluster do not undo each other's floor. A scaler that stops withdraws it.
 
 What it saw and decided is kept in `last` (a `ScalerSnapshot`) and handed to `on_snapshot`;
 the desired count per role goes to the `vlmq_actors_desired` gauge.
@@ -19,11 +17,10 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-from ray.autoscaler.sdk import request_resources as ray_request_resources
 
 from orchestrator.metrics import definitions as metrics
 from orchestrator.pipeline.actor_pool import PoolConfig
@@ -31,6 +28,7 @@ from orchestrator.pipeline.slot_counts import PoolCounts
 from orchestrator.scaler.backlog import Backlog
 from orchestrator.scaler.config import ScalerConfig
 from orchestrator.scaler.policy import Decision, PolicyMemory, ScalerInputs, decide
+from orchestrator.scaler.warm_floor import ResourceRequest, SharedWarmFloor
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +50,12 @@ class BacklogSource(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class ResourceRequest:
-    """What the scaler last asked Ray's autoscaler to keep room for."""
+class WarmFloor(Protocol):
+    """Where the scaler holds room for its warm actors (`SharedWarmFloor` on a cluster)."""
 
-    bundles: tuple[dict[str, float], ...]
-    label_selectors: tuple[dict[str, str], ...]
+    def request(self, request: ResourceRequest) -> None: ...
+
+    def release(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,17 +66,6 @@ class ScalerSnapshot:
     requested: ResourceRequest | None  # None: request_resources is off
 
 
-# The seam to Ray's autoscaler: (bundles, their label selectors).
-RequestResources = Callable[[list[dict[str, float]], list[dict[str, str]]], None]
-
-
-def request_from_ray(bundles: list[dict[str, float]], selectors: list[dict[str, str]]) -> None:
-    ray_request_resources(
-        bundles=list(bundles),
-        bundle_label_selectors=list(selectors) if any(selectors) else None,
-    )
-
-
 class Scaler:
     def __init__(
         self,
@@ -87,14 +74,16 @@ class Scaler:
         pool: PoolConfig,
         backlog: BacklogSource,
         *,
-        request_resources: RequestResources = request_from_ray,
+        floor: WarmFloor | None = None,
         on_snapshot: Callable[[ScalerSnapshot], None] | None = None,
     ) -> None:
+        """`floor` defaults to a share of the cluster's warm floor named after nothing in
+        particular; `make_scaler` names it after its server."""
         self.config = config
         self.pipeline = pipeline
         self.pool = pool
         self.backlog = backlog
-        self.request_resources = request_resources
+        self.floor: WarmFloor = floor or SharedWarmFloor(f"scaler-{uuid.uuid4().hex[:8]}")
         self.on_snapshot = on_snapshot
         self.last: ScalerSnapshot | None = None
         self.num_steps = 0
@@ -103,13 +92,20 @@ class Scaler:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Step every `interval_s` until `stopping` is set; a failed step is logged, not fatal."""
-        while not stopping.is_set():
-            try:
-                await self.step()
-            except Exception:  # a Redis outage, say: the pool stays as it is meanwhile
-                log.warning("scaler step failed; the pool stays as it is", exc_info=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self.config.interval_s)
+        try:
+            while not stopping.is_set():
+                try:
+                    await self.step()
+                except Exception:  # a Redis outage, say: the pool stays as it is meanwhile
+                    log.warning("scaler step failed; the pool stays as it is", exc_info=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), self.config.interval_s)
+        finally:
+            if self._requested is not None:
+                try:
+                    await asyncio.to_thread(self.floor.release)
+                except Exception:  # its share expires on its own
+                    log.warning("could not withdraw the warm floor's share", exc_info=True)
 
     async def step(self) -> ScalerSnapshot:
         backlog = await asyncio.to_thread(self.backlog.read)
@@ -134,10 +130,8 @@ class Scaler:
                      decision.vision.move, decision.generators.move)
             await asyncio.wrap_future(self.pipeline.resize(vision, generators))
         requested = self._warm_floor(decision) if self.config.request_resources else None
-        if requested is not None and requested != self._requested:
-            await asyncio.to_thread(
-                self.request_resources, list(requested.bundles), list(requested.label_selectors)
-            )
+        if requested is not None:
+            await asyncio.to_thread(self.floor.request, requested)  # renews it, too
             self._requested = requested
         snapshot = ScalerSnapshot(inputs, counts, decision, self._requested)
         self.last = snapshot

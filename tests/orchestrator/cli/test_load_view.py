@@ -60,9 +60,13 @@ def test_status_shows_every_actor_with_its_state_gpus_and_requests_running(
                 JobSpec(job.job_id, QUEUE, job.prompt, job.images, SamplingParams(300))
                 for job in jobs_sharing_images(4, prefix="ld")
             ])
-            wait_for(lambda: (shown := loads()) and sum(
-                a["running"] for a in shown[0]["actors"] if a["role"] == "generator") >= 2,
-                "the status showing generators running the jobs", 120)
+            def generators_running() -> int:
+                shown = loads()
+                return sum(a["running"] for a in shown[0].get("actors", [])
+                           if a["role"] == "generator") if shown else 0
+
+            wait_for(lambda: generators_running() >= 2,
+                     "the status showing generators running the jobs", 120)
             busy = loads()[0]
             assert busy["consumer"] == config.consumer and busy["capacity"] == pipeline.capacity
             assert 2 <= busy["held"] <= 4
