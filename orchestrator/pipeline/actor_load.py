@@ -24,5 +24,7 @@ class ActorLoad:
     role: str  # vision | generator
     name: str  # the actor's Ray name, as the dashboard shows it
     state: SlotState
-    running: int  # requests (images, for a vision actor) it runs now
+    # Requests (images, for a vision actor) sent to it and not answered yet: those its engine
+    # runs and those queued in it for a batch slot.
+    running: int
     gpus: float  # the GPU share it was started with

@@ -38,6 +38,9 @@ from orchestrator.redis_connection import RedisSettings
 from orchestrator.redis_keys import CONSUMER_GROUP, RedisKeys, check_name
 
 NUM_LANES = 3
+# Fields of the queue's hash that are not counters: the backlog and the Lua's lane turn, and
+# the settings a server writes there (`QueueServer._prepare`).
+_NOT_COUNTERS = frozenset({"open", "turn", "max_backlog", "max_payload_bytes"})
 # Live servers are those heard from this recently (they renew and claim far more often).
 SERVER_SEEN_S = 10.0
 # A bound on every reply, so an unanswering Redis fails a call instead of hanging it (the TLS
@@ -278,7 +281,7 @@ class Client:
             retrying=int(retrying),
             unfinished=numbers.get("open", 0),
             servers=tuple(_text(name) for name in servers),
-            counters={k: v for k, v in numbers.items() if k not in ("open", "turn")},
+            counters={k: v for k, v in numbers.items() if k not in _NOT_COUNTERS},
         )
 
     def server_loads(self, queue: str, servers: Sequence[str]) -> list[PublishedLoad]:

@@ -101,3 +101,16 @@ def test_a_second_client_sees_the_same_job(rig: QueueRig) -> None:
     assert other.submit(spec("shared")).created is False
     assert other.status("shared").state is JobState.QUEUED
     other.close()
+
+
+def test_queue_status_counts_only_counters_not_the_settings_a_server_writes(
+    rig: QueueRig,
+) -> None:
+    rig.start_server(max_backlog=500)
+    receipt = rig.client.submit(JobSpec("counted", QUEUE, "hello"))
+    assert rig.client.wait(receipt.job_id, timeout_s=30).state is JobState.SUCCEEDED
+    base = rig.client.keys.queue(QUEUE).base
+    assert rig.client.redis.hget(base, "max_backlog") == b"500"  # the server wrote it there
+    counters = rig.client.queue_status(QUEUE).counters
+    assert counters["submitted"] == 1 and counters["succeeded"] == 1
+    assert not {"max_backlog", "max_payload_bytes", "open", "turn"} & set(counters)
