@@ -48,8 +48,11 @@ OLDEST_JOB_AGE = gauge(
 JOBS_HELD = gauge("vlmq_jobs_held", "Jobs this server holds now", "queue")
 
 # The pipeline (orchestrator/pipeline/driver.py).
-NUM_REQUESTS_WAITING = gauge(
-    "vlmq_num_requests_waiting", "Jobs whose features are ready, waiting for a generator slot",
+# Not vLLM's num_requests_waiting (a generator's own queue, worker/actors/metrics.py): jobs the
+# pipeline holds back because every generator has its fill (the router's backpressure).
+JOBS_WAITING_FOR_GENERATOR = gauge(
+    "vlmq_pipeline_jobs_waiting_for_generator",
+    "Jobs whose features are ready, waiting for a generator to take them",
 )
 JOBS_IN_FLIGHT = gauge("vlmq_pipeline_jobs_in_flight", "Jobs in the pipeline now")
 ATTEMPT_RETRIES = counter(
@@ -87,8 +90,8 @@ ALLOCATOR_EPOCH = gauge("vlmq_allocator_epoch", "The epoch IDs are carved from n
 ORCHESTRATOR_METRICS: tuple[Metric, ...] = (
     JOBS_CLAIMED, JOBS_COMPLETED, JOBS_FAILED, JOBS_RETRIED, JOBS_RELEASED, JOBS_DEAD_LETTERED,
     STALE_COMPLETIONS_REFUSED, REQUEST_QUEUE_TIME, E2E_REQUEST_LATENCY, QUEUE_BACKLOG,
-    JOBS_PENDING, JOBS_DELAYED, OLDEST_JOB_AGE, JOBS_HELD, NUM_REQUESTS_WAITING, JOBS_IN_FLIGHT,
-    ATTEMPT_RETRIES, MM_CACHE_QUERIES, MM_CACHE_HITS, ACTORS_ALIVE, ACTORS_DESIRED,
+    JOBS_PENDING, JOBS_DELAYED, OLDEST_JOB_AGE, JOBS_HELD, JOBS_WAITING_FOR_GENERATOR,
+    JOBS_IN_FLIGHT, ATTEMPT_RETRIES, MM_CACHE_QUERIES, MM_CACHE_HITS, ACTORS_ALIVE, ACTORS_DESIRED,
     IMAGES_FETCHED, IMAGES_DECODED, IMAGE_FAILURES, ALLOCATOR_RANGES, ALLOCATOR_LEASES,
     ALLOCATOR_EPOCH,
 )

@@ -767,7 +767,7 @@ class Pipeline:
 
     def _report_waiting(self, change: int) -> None:
         self._num_waiting += change
-        metrics.NUM_REQUESTS_WAITING.set(self._num_waiting)
+        metrics.JOBS_WAITING_FOR_GENERATOR.set(self._num_waiting)
 
     def _report_alive(self, actors: list[Any], change: int) -> None:
         role = "vision" if actors is self.pool.vision else "generator"

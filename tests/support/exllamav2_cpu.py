@@ -119,8 +119,8 @@ class ScriptedGenerator:
         self.max_batch_size = max_batch_size if paged else 1
         self.completions = completions
         self.pieces = tokenizer.get_id_to_piece_list(False)
-        self.pending: list[Any] = []
-        self.active: list[Any] = []
+        self.pending_jobs: list[Any] = []
+        self.active_jobs: list[Any] = []
         self.jobs: list[Any] = []  # every job enqueued, in order
         self.events: list[str] = []  # "start <id>", "finish <id>", "cancel <id>", "reset"
         self.fail_next_iterate = False
@@ -131,12 +131,12 @@ class ScriptedGenerator:
     def enqueue(self, job: Any) -> int:
         job.serial_number, self._next_serial = self._next_serial, self._next_serial + 1
         job.time_enqueue = time.time()
-        self.pending.append(job)
+        self.pending_jobs.append(job)
         self.jobs.append(job)
         return int(job.serial_number)
 
     def num_remaining_jobs(self) -> int:
-        return len(self.pending) + len(self.active)
+        return len(self.pending_jobs) + len(self.active_jobs)
 
     def reset_page_table(self) -> None:
         assert not self.num_remaining_jobs(), "a reset under running jobs corrupts their pages"
@@ -145,31 +145,31 @@ class ScriptedGenerator:
 
     def cancel(self, job: Any) -> None:
         # As exllamav2's: a pending job leaves the queue, an active one the batch (its pages).
-        if job in self.pending:
-            self.pending.remove(job)
-        elif job in self.active:
-            self.active.remove(job)
+        if job in self.pending_jobs:
+            self.pending_jobs.remove(job)
+        elif job in self.active_jobs:
+            self.active_jobs.remove(job)
             self._state.pop(job.serial_number, None)
         self.events.append(f"cancel {job.identifier}")
 
     def clear_queue(self) -> None:
-        self.pending.clear()
-        self.active.clear()
+        self.pending_jobs.clear()
+        self.active_jobs.clear()
 
     def iterate(self) -> list[dict[str, Any]]:
         if self.fail_next_iterate:
             self.fail_next_iterate = False
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         results: list[dict[str, Any]] = []
-        while self.pending and len(self.active) < self.max_batch_size:
-            job = self.pending.pop(0)
-            self.active.append(job)
+        while self.pending_jobs and len(self.active_jobs) < self.max_batch_size:
+            job = self.pending_jobs.pop(0)
+            self.active_jobs.append(job)
             self.events.append(f"start {job.identifier}")
             results.append(self._result(job, "started"))
-        for job in self.active:
+        for job in self.active_jobs:
             if job.serial_number not in self._state:
                 self._prefill(job, results)
-        for job in list(self.active):
+        for job in list(self.active_jobs):
             self._sample(job, results)
         return results
 
@@ -272,7 +272,7 @@ class ScriptedGenerator:
         if held:
             result["held"] = held
         results.append(result)
-        self.active.remove(job)
+        self.active_jobs.remove(job)
         self.events.append(f"finish {job.identifier}")
 
 

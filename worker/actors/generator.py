@@ -59,6 +59,7 @@ class GeneratorActor:
         self.config = config
         self.engine = start_language_engine(config.engine)
         self._counters = ActorCounters(config.name)
+        self._report_load()
 
     def __repr__(self) -> str:
         gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -77,7 +78,7 @@ class GeneratorActor:
                 add_bos=call.add_bos,
             )
             future = self.engine.submit(request)
-            self._report_running()
+            self._report_load()
             try:
                 result = await asyncio.wrap_future(future)
                 _record_generation(self.config.name, result)
@@ -96,12 +97,15 @@ class GeneratorActor:
                                            error_type=type(error).__name__)
                 raise
             finally:
-                self._report_running(leaving=1)
+                self._report_load()
 
-    def _report_running(self, leaving: int = 0) -> None:
-        metrics.NUM_REQUESTS_RUNNING.set(
-            self._counters.num_active - leaving, role="generator", actor=self.config.name
-        )
+    def _report_load(self) -> None:
+        # Read from the engine now and at every gauge refresh: its thread moves requests from
+        # its queue into its batch without the actor knowing.
+        name = self.config.name
+        metrics.NUM_REQUESTS_RUNNING.sample(lambda: self.engine.load.running,
+                                            role="generator", actor=name)
+        metrics.NUM_REQUESTS_WAITING.sample(lambda: self.engine.load.waiting, actor=name)
 
     def stats(self) -> ActorStats:
         # The readiness probe: an engine whose thread died while idle takes its actor down here,

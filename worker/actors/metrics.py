@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +90,13 @@ class Metric:
 
     def set(self, value: float, **tags: str) -> None:
         self._ray().set(value, tags=tags or None)
-        _KEEPER.remember(self, tuple(sorted(tags.items())), value)
+        _KEEPER.remember(self, tuple(sorted(tags.items())), lambda: value)
+
+    def sample(self, read: Callable[[], float], **tags: str) -> None:
+        """Set the gauge from `read()` now and at every refresh: for a value that changes
+        where nothing records it (an engine moving requests from its queue to its batch)."""
+        self._ray().set(read(), tags=tags or None)
+        _KEEPER.remember(self, tuple(sorted(tags.items())), read)
 
     def observe(self, value: float, **tags: str) -> None:
         self._ray().observe(max(0.0, value), tags=tags or None)
@@ -100,12 +107,16 @@ class _GaugeKeeper:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[Metric, float]] = {}
+        self._values: dict[
+            tuple[int, tuple[tuple[str, str], ...]], tuple[Metric, Callable[[], float]]
+        ] = {}
         self._thread: threading.Thread | None = None
 
-    def remember(self, metric: Metric, tags: tuple[tuple[str, str], ...], value: float) -> None:
+    def remember(
+        self, metric: Metric, tags: tuple[tuple[str, str], ...], read: Callable[[], float]
+    ) -> None:
         with self._lock:
-            self._values[(id(metric), tags)] = (metric, value)
+            self._values[(id(metric), tags)] = (metric, read)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._refresh, name="vlmq-gauges", daemon=True
@@ -117,7 +128,11 @@ class _GaugeKeeper:
         while not stop.wait(GAUGE_REFRESH_S):
             with self._lock:
                 kept = list(self._values.items())
-            for (_, tags), (metric, value) in kept:
+            for (_, tags), (metric, read) in kept:
+                try:
+                    value = read()
+                except Exception:  # what it reads is gone (an engine closing): skip it once
+                    continue
                 metric._ray().set(value, tags=dict(tags) or None)
 
 
@@ -137,9 +152,16 @@ def histogram(name: str, description: str, *tag_keys: str) -> Metric:
 
 
 # Tags: role is "generator" or "vision"; actor is the actor's name ({prefix}-generator-N).
+# As vLLM's: a generator's requests in its engine's batch, and those waiting for a place in it
+# (a vision actor's running images: it batches nothing, so none wait).
 NUM_REQUESTS_RUNNING = gauge(
-    "vlmq_num_requests_running", "Requests (or images) in progress in the actor now",
+    "vlmq_num_requests_running",
+    "Requests in the generator's batch (images being embedded, for a vision actor)",
     "role", "actor",
+)
+NUM_REQUESTS_WAITING = gauge(
+    "vlmq_num_requests_waiting", "Requests in the generator waiting for a place in its batch",
+    "actor",
 )
 TIME_TO_FIRST_TOKEN = histogram(
     "vlmq_time_to_first_token_seconds",
@@ -178,7 +200,7 @@ ACTOR_FAILURES = counter(
 )
 
 ACTOR_METRICS: tuple[Metric, ...] = (
-    NUM_REQUESTS_RUNNING, TIME_TO_FIRST_TOKEN, ENGINE_QUEUE_TIME, PREFILL_TIME, DECODE_TIME,
-    PROMPT_TOKENS, GENERATION_TOKENS, PREFIX_CACHE_QUERIES, PREFIX_CACHE_HITS, VISION_CALLS,
-    VISION_TIME, ACTOR_FAILURES,
+    NUM_REQUESTS_RUNNING, NUM_REQUESTS_WAITING, TIME_TO_FIRST_TOKEN, ENGINE_QUEUE_TIME,
+    PREFILL_TIME, DECODE_TIME, PROMPT_TOKENS, GENERATION_TOKENS, PREFIX_CACHE_QUERIES,
+    PREFIX_CACHE_HITS, VISION_CALLS, VISION_TIME, ACTOR_FAILURES,
 )

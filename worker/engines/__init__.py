@@ -17,11 +17,18 @@ from worker.engines.config import (
     start_language_engine,
     start_vision_engine,
 )
-from worker.engines.seam import ImageFeatures, LanguageEngine, VisionEngine, num_features_received
+from worker.engines.seam import (
+    EngineLoad,
+    ImageFeatures,
+    LanguageEngine,
+    VisionEngine,
+    num_features_received,
+)
 
 __all__ = [
     "EngineConfig",
     "EngineKind",
+    "EngineLoad",
     "ImageFeatures",
     "LanguageEngine",
     "VisionEngine",

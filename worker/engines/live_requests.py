@@ -55,6 +55,11 @@ class LiveRequests(Generic[Request]):
             self.failure = error
             return list(self._live)
 
+    def count(self) -> int:
+        """Requests live now: queued, in the thread's hands, or running."""
+        with self._lock:
+            return len(self._live)
+
     def snapshot(self) -> list[Request]:
         with self._lock:
             return list(self._live)

@@ -57,6 +57,15 @@ class VisionEngine(Protocol):
         """Run the vision tower and projector on one decoded RGB image."""
 
 
+@dataclass(frozen=True, slots=True)
+class EngineLoad:
+    """What a language engine holds now, as vLLM counts it: a snapshot (its thread moves
+    requests on meanwhile)."""
+
+    running: int  # in the batch: prefilling or decoding
+    waiting: int  # submitted, waiting for a batch slot
+
+
 class LanguageEngine(Protocol):
     def submit(self, request: GenerationRequest) -> Future[GenerationResult]:
         """Queue a request; it joins the running batch at the next step."""
@@ -71,6 +80,10 @@ class LanguageEngine(Protocol):
 
     def close(self) -> None:
         """Finish nothing more; fail requests still queued or running."""
+
+    @property
+    def load(self) -> EngineLoad:
+        """Requests in its batch and waiting for a slot; from any thread."""
 
     @property
     def failure(self) -> BaseException | None:

@@ -36,6 +36,7 @@ from worker.engines.exllamav2.embeddings import EmbeddingCache, request_embeddin
 from worker.engines.exllamav2.jobs import FinishedJob, JobStream, make_job
 from worker.engines.exllamav2.model import ExLlamaV2Settings, ExLlamaV2Vlm, has_paged_attention
 from worker.engines.live_requests import AbortRequests, LiveRequests, died
+from worker.engines.seam import EngineLoad
 from worker.errors import (
     EngineClosedError,
     InvalidRequestError,
@@ -54,6 +55,7 @@ class GeneratorSeam(Protocol):
     max_seq_len: int  # longest prompt plus completion
     page_size: int  # tokens per cache page (the whole cache when unpaged)
     max_pages: int
+    active_jobs: list[Any]  # the batch: jobs prefilling or decoding (read from any thread)
 
     def enqueue(self, job: Any) -> int:
         """Queue a job; returns its serial number, which its result dicts carry."""
@@ -166,6 +168,13 @@ class ExLlamaV2Language:
         self._waiting.clear()
         for left in self._live.snapshot():  # one the thread held when it stopped
             _fail(left.future, EngineClosedError("the engine closed first"))
+
+    @property
+    def load(self) -> EngineLoad:
+        """In exllamav2's batch, and waiting for a place in it: vlmq's queue and exllamav2's
+        pending jobs (a snapshot, from any thread)."""
+        running = len(self.generator.active_jobs)
+        return EngineLoad(running, max(0, self._live.count() - running))
 
     def recent_finished(self) -> list[FinishedJob]:
         """The latest finished requests, oldest first, with their prefix-cache use."""

@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 
 from worker.engines.live_requests import AbortRequests, LiveRequests, died
+from worker.engines.seam import EngineLoad
 from worker.engines.transformers.sequence import Sequence
 from worker.errors import EngineClosedError, JobCancelledError, VlmqError
 from worker.generation import GenerationRequest, GenerationResult
@@ -81,6 +82,12 @@ class DynamicBatcher:
     def num_running(self) -> int:
         """Sequences in the batch now (a snapshot: the engine thread changes it)."""
         return len(self._running)
+
+    @property
+    def load(self) -> EngineLoad:
+        """In the batch, and waiting for a place in it (a snapshot, from any thread)."""
+        running = len(self._running)
+        return EngineLoad(running, max(0, self._live.count() - running))
 
     def submit(self, request: GenerationRequest) -> Future[GenerationResult]:
         future: Future[GenerationResult] = Future()

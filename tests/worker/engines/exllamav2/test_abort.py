@@ -20,6 +20,7 @@ from tests.support.exllamav2_cpu import ScriptedGenerator
 from tests.support.waiting import wait_for
 from worker.engines.exllamav2.language import ExLlamaV2Language
 from worker.engines.exllamav2.model import ExLlamaV2Settings, ExLlamaV2Vlm, load_exllamav2_vlm
+from worker.engines.seam import EngineLoad
 from worker.errors import JobCancelledError
 from worker.generation import GenerationRequest, GenerationResult
 from worker.sampling_params import SamplingParams
@@ -68,7 +69,7 @@ class SteppedGenerator(ScriptedGenerator):
         wait_for(lambda: self.num_iterations >= target, f"an iteration, until {what}")
 
     def active_ids(self) -> list[str]:
-        return [job.identifier for job in self.active]
+        return [job.identifier for job in self.active_jobs]
 
 
 def ask(request_id: str, max_new_tokens: int = 4) -> GenerationRequest:
@@ -124,13 +125,16 @@ def test_a_request_waiting_in_the_generator_queue_is_taken_out_of_it(exl: ExLlam
         generator.step_until(lambda: generator.active_ids() == ["a"], "the first runs")
         queued = engine.submit(ask("b"))
         # One slot in the batch: the second job waits in the generator's own queue.
-        generator.step_until(lambda: len(generator.pending) == 1, "the second is queued")
+        generator.step_until(lambda: len(generator.pending_jobs) == 1, "the second is queued")
+        # In exllamav2's batch and in its queue: what the generator actor exports, as vLLM does.
+        assert engine.load == EngineLoad(running=1, waiting=1)
         engine.abort(queued)
         generator.allow(1)
         assert isinstance(queued.exception(timeout=TIMEOUT_S), JobCancelledError)
-        assert "cancel b" in generator.events and not generator.pending
+        assert "cancel b" in generator.events and not generator.pending_jobs
         generator.allow(1000)
         result = running.result(timeout=TIMEOUT_S)
+        assert engine.load == EngineLoad(0, 0)
     finally:
         generator.allow(1000)
         engine.close()

@@ -18,6 +18,7 @@ import torch
 from tests.support.step_models import WrappedStepModel
 from tests.support.waiting import wait_for
 from tests.worker.engines.transformers.test_engine import requests, run_all
+from worker.engines.seam import EngineLoad
 from worker.engines.transformers.dynamic_batcher import DynamicBatcher
 from worker.engines.transformers.language import TransformersStepModel, start_transformers_engine
 from worker.engines.transformers.model import TransformersVlm
@@ -113,12 +114,15 @@ def test_a_queued_request_is_dropped_before_its_prefill(vlm: TransformersVlm) ->
         wait_for(lambda: engine.num_running == 1, "the first request in the batch")
         # The batch is full (one slot): the second waits while the first's step waits too.
         queued_future = engine.submit(queued)
+        # What its generator actor exports (vLLM's running and waiting): one each.
+        wait_for(lambda: engine.load == EngineLoad(running=1, waiting=1), "one in, one waiting")
         engine.abort(queued_future)
         model.allow(1)
         assert isinstance(queued_future.exception(timeout=TIMEOUT_S), JobCancelledError)
         assert engine.num_aborted == 1
         model.allow(10_000)
         result = running_future.result(timeout=TIMEOUT_S)
+        wait_for(lambda: engine.load == EngineLoad(0, 0), "the engine empty")
     finally:
         model.allow(10_000)
         engine.close()
