@@ -421,12 +421,20 @@ def _embed(
 
 def _generate(language: ExLlamaV2Language, requests: list[GenerationRequest]) -> str:
     started = time.perf_counter()
-    results = [f.result(WAIT_S) for f in [language.submit(r) for r in requests]]
+    futures = [language.submit(r) for r in requests]
+    # Read off exllamav2's own batch (active_jobs) while they run: what the generator actor
+    # exports as vlmq_num_requests_running and _waiting.
+    seen = language.load
+    results = [f.result(WAIT_S) for f in futures]
     seconds = time.perf_counter() - started
+    assert seen.running + seen.waiting <= len(requests), f"load {seen} of {len(requests)}"
+    left = language.load
+    assert (left.running, left.waiting) == (0, 0), f"left: {left}"
     tokens = sum(r.num_completion_tokens for r in results)
     assert all(r.num_completion_tokens or r.finish_reason == "eos" for r in results)
     reasons = sorted({r.finish_reason.value for r in results})
-    return f"{len(results)} requests, {tokens} tokens in {seconds:.2f} s, finish: {reasons}"
+    return (f"{len(results)} requests, {tokens} tokens in {seconds:.2f} s, finish: {reasons}; "
+            f"load while running: {seen.running} in the batch, {seen.waiting} waiting")
 
 
 def _reuse(language: ExLlamaV2Language) -> str:
