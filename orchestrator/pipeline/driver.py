@@ -699,15 +699,15 @@ class Pipeline:
                     self._features.drop(image.key)
                     self.progress.retries += 1
                     metrics.ATTEMPT_RETRIES.inc()
-                await self._take_down(self.pool.vision, entry.vision_index, self.vision)
+                await self._take_down(self.pool.vision, entry.vision_index, self.vision,
+                                      entry.vision_actor)
         raise RequestGaveUpError(f"the vision actors died on image {image.key.digest[:16]}")
 
     async def _embed(self, image: _Image) -> FeatureEntry:
         assert self._vision is not None
         index = await self._vision.acquire()
-        features, num_rows = self.pool.vision[index].embed.options(num_returns=2).remote(
-            image.pixels
-        )
+        actor = self.pool.vision[index]
+        features, num_rows = actor.embed.options(num_returns=2).remote(image.pixels)
         loop = asyncio.get_running_loop()
 
         def release(_: object) -> None:
@@ -718,7 +718,7 @@ class Pipeline:
 
         num_rows.future().add_done_callback(release)
         entry = FeatureEntry(
-            features, num_rows, image.layout.num_image_rows * self._hidden_size * 2, index
+            features, num_rows, image.layout.num_image_rows * self._hidden_size * 2, index, actor
         )
         self.progress.vision_calls += 1
         if self.config.dedup_images:
@@ -760,7 +760,7 @@ class Pipeline:
                 record.generating = None
             return result
         except RayActorError:
-            await self._take_down(self.pool.generators, index, self._router)
+            await self._take_down(self.pool.generators, index, self._router, generator)
             raise
         finally:
             await self._router.release(index, alone)
@@ -774,20 +774,24 @@ class Pipeline:
         self._alive[role] += change
         metrics.set_alive_actors(role, self._alive[role])
 
-    async def _take_down(self, actors: list[Any], index: int, balancer: _Availability) -> None:
+    async def _take_down(
+        self, actors: list[Any], index: int, balancer: _Availability, handle: Any
+    ) -> None:
         """Route around an actor that died until Ray has it answering again, or give up on it.
 
         The probe gives up at once when Ray reports the actor DEAD, else after
         `actor_restart_timeout_s`; the balancer then fails the requests waiting for an actor
         of this kind once none is left. The probe watches the actor that died, not its slot:
         once a drain has retired the slot and a new actor holds it, nothing the old actor's
-        probe learns is about the slot any more.
+        probe learns is about the slot any more; nor is a failure its caller met on the old
+        actor (`handle`, the one it called) that comes in after.
         """
+        if actors[index] is not handle:
+            return  # the slot holds a newer actor since: the failure was the old one's
         key = (id(actors), index)
         if key in self._coming_up:
             return
         self._coming_up.add(key)
-        handle = actors[index]
         # A draining actor was uncounted when its drain began: its death is not counted again.
         is_counted = index not in balancer.draining and index not in balancer.retired
         if is_counted:

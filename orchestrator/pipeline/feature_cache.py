@@ -18,7 +18,8 @@ class FeatureEntry:
     features: Any  # ObjectRef[ImageFeatures], for generators
     num_rows: Any  # ObjectRef[int]: awaited to learn that the features exist, or why not
     num_bytes: int  # of the features, known from the layout before they exist
-    vision_index: int  # the vision actor computing them
+    vision_index: int  # the slot of the vision actor computing them
+    vision_actor: Any  # that actor's handle: the slot may hold another one later
 
 
 class FeatureCache(BoundedLru[ImageKey, FeatureEntry]):

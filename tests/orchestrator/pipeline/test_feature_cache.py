@@ -9,7 +9,8 @@ def key(name: str) -> ImageKey:
 
 
 def entry(num_bytes: int) -> FeatureEntry:
-    return FeatureEntry(features=object(), num_rows=object(), num_bytes=num_bytes, vision_index=0)
+    return FeatureEntry(features=object(), num_rows=object(), num_bytes=num_bytes, vision_index=0,
+                        vision_actor=object())
 
 
 def test_least_recently_used_entries_go_past_the_byte_bound() -> None:
