@@ -18,6 +18,10 @@ from orchestrator.private_redis import free_port
 from tests.support.process_group import end_process_group
 from tests.support.waiting import wait_for
 
+# `ray start --block` takes half a minute to end on SIGTERM (its processes shut down one by
+# one); a test's head holds nothing worth keeping, so it is killed after this.
+STOP_GRACE_S = 3.0
+
 RAY = str(Path(sys.executable).parent / "ray")
 
 
@@ -71,7 +75,7 @@ class RayHead:
     def stop(self) -> None:
         if self.process is None:
             return
-        end_process_group(self.process)
+        end_process_group(self.process, grace_s=STOP_GRACE_S)
 
     @staticmethod
     def _answers(url: str) -> bool:
