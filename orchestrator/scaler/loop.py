@@ -77,8 +77,8 @@ class Scaler:
         floor: WarmFloor | None = None,
         on_snapshot: Callable[[ScalerSnapshot], None] | None = None,
     ) -> None:
-        """`floor` defaults to a share of the cluster's warm floor named after nothing in
-        particular; `make_scaler` names it after its server."""
+        """`floor` defaults to a share of the cluster's warm floor under a random name;
+        `make_scaler` names the share after its server."""
         self.config = config
         self.pipeline = pipeline
         self.pool = pool
