@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.queue.server_load import PublishedLoad
+from orchestrator.queue.server_load import PublishedLoad, load_fields
 
 ROLES = ("vision", "generator")
 
@@ -17,17 +17,8 @@ def load_json(loads: list[PublishedLoad]) -> list[dict[str, Any]]:
         if load is None:
             views.append({"consumer": published.consumer, "problem": published.problem})
             continue
-        views.append({
-            "consumer": published.consumer,
-            "held": load.held,
-            "capacity": load.capacity,
-            "written_ms": load.written_ms,
-            "actors": [
-                {"role": a.role, "name": a.name, "state": a.state.value, "running": a.running,
-                 "gpus": a.gpus}
-                for a in load.actors
-            ],
-        })
+        # Named by the server whose key it is, whatever the value says of itself.
+        views.append({**load_fields(load), "consumer": published.consumer})
     return views
 
 

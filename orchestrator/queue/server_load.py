@@ -50,9 +50,9 @@ class PublishedLoad:
     problem: str = ""  # with no load: "nothing published", or why the value was refused
 
 
-def encode_server_load(load: ServerLoad) -> bytes:
-    return json.dumps({
-        "v": LOAD_VERSION,
+def load_fields(load: ServerLoad) -> dict[str, Any]:
+    """The load as the JSON object's fields (all but `v`), for the key and for `vlmq status`."""
+    return {
         "consumer": load.consumer,
         "held": load.held,
         "capacity": load.capacity,
@@ -62,7 +62,11 @@ def encode_server_load(load: ServerLoad) -> bytes:
              "gpus": a.gpus}
             for a in load.actors
         ],
-    }, separators=(",", ":")).encode()
+    }
+
+
+def encode_server_load(load: ServerLoad) -> bytes:
+    return json.dumps({"v": LOAD_VERSION, **load_fields(load)}, separators=(",", ":")).encode()
 
 
 def decode_server_load(raw: bytes | str) -> ServerLoad:
